@@ -1,0 +1,128 @@
+"""
+The daemon's top service: starting every listener or none, signals,
+``--exit-on-stop``, systemd notifications and the summary line on stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from twisted.application import service
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+from netecho.listeners import ListenerError
+from netecho.notify import sd_notify
+from netecho.stats import Stats
+
+log = Logger()
+
+
+def report_fatal(message: str) -> None:
+    """
+    Say why the daemon cannot start: on the real stderr when there is one
+    (twistd replaced C{sys.stderr} with a logger), in the log otherwise.
+    """
+    log.critical("{message}", message=message)
+    try:
+        devnull = os.path.samestat(os.fstat(2), os.stat(os.devnull))
+    except OSError:
+        devnull = True
+    if not devnull:
+        os.write(2, f"netecho: {message}\n".encode("utf-8", "backslashreplace"))
+
+
+class NetechoService(service.MultiService):
+    """
+    Parent of every listener. Owns the counters and the ways to stop.
+
+    @ivar stop_signal: an extra signal number that stops the daemon, or None.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        stats: Stats,
+        exit_on_stop: bool = False,
+        stop_signal: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.stats = stats
+        self.exit_on_stop = exit_on_stop
+        self.stop_signal = stop_signal
+        self._stopping = False
+
+    def privilegedStartService(self) -> None:
+        started = []
+        try:
+            for child in self:
+                child.privilegedStartService()
+                started.append(child)
+        except ListenerError as e:
+            for child in started:
+                child.stopService()
+            report_fatal(str(e))
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.exit_on_stop:
+            log.warn(
+                "--exit-on-stop is on: a stop word from any client stops the whole daemon"
+            )
+        self._install_signals()
+        self.reactor.callWhenRunning(self._ready)
+        self.reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
+
+    def _ready(self) -> None:
+        log.info("netecho ready: {listeners}", listeners=", ".join(c.name for c in self))
+        sd_notify("READY=1")
+
+    def _install_signals(self) -> None:
+        reactor = self.reactor
+        rotate = signal.getsignal(signal.SIGUSR1)
+
+        def on_hup(signum, frame):
+            # twistd rotates (reopens) its --logfile on SIGUSR1; SIGHUP does
+            # the same here instead of killing the daemon.
+            if callable(rotate):
+                rotate(signum, frame)
+            reactor.callFromThread(log.info, "SIGHUP: log reopened, still serving")
+
+        signal.signal(signal.SIGHUP, on_hup)
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+
+            def on_stop(signum, frame):
+                reactor.callFromThread(self.stop_daemon, f"{name} received")
+
+            signal.signal(self.stop_signal, on_stop)
+
+    def stop_word_heard(self) -> None:
+        """A client said the stop word and C{--exit-on-stop} is on."""
+        self.stop_daemon("stop word received with --exit-on-stop")
+
+    def stop_daemon(self, why: str) -> None:
+        """Stop the reactor (exit status 0) on a later turn."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping: {why}", why=why)
+        self.reactor.callLater(0, self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (SIGTERM at the same moment)
+
+    def stopService(self):
+        d = super().stopService()
+        log.info("{summary}", summary=self.stats.summary())
+        if self.stats.dropped:
+            drops = " ".join(f"{k}={v}" for k, v in sorted(self.stats.dropped.items()))
+            log.info("dropped: {drops}", drops=drops)
+        return d

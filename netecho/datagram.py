@@ -1,0 +1,106 @@
+"""UDP echo with the guards a public echo service needs."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+from twisted.internet import error, protocol
+from twisted.logger import Logger
+
+from netecho.address import join_host_port, unmap
+from netecho.echo import escape
+from netecho.stats import Stats
+from netecho.throttle import ThrottledLog
+
+#: Largest UDP payload over IPv4; IPv6 allows 65,527, so read 65,536 to see
+#: every datagram whole (Twisted reads only 8,192 bytes by default).
+MAX_DATAGRAM = 65536
+
+
+@lru_cache(maxsize=4096)
+def is_group_address(host: str) -> bool:
+    """True for multicast and limited-broadcast sources, which get no reply."""
+    if host.startswith(("ff", "FF")):
+        return True
+    if host == "255.255.255.255":
+        return True
+    first, dot, _ = host.partition(".")
+    return bool(dot) and first.isdigit() and 224 <= int(first) <= 239
+
+
+class DatagramEcho(protocol.DatagramProtocol):
+    """
+    Echoes every datagram whole to its sender, except to sources that could
+    turn the echo into a loop or a reflection attack: privileged source ports
+    (below 1024), our own service ports, our own socket, and multicast or
+    broadcast sources. Every drop is counted.
+
+    @ivar own_ports: the ports of every netecho listener (shared set, filled
+        in as listeners bind).
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(
+        self,
+        stats: Stats,
+        own_ports: set[int],
+        stop_word: bytes = b"STOP",
+        on_stop_word: Callable[[], None] | None = None,
+        log_data: bool = False,
+    ) -> None:
+        self.stats = stats
+        self.own_ports = own_ports
+        self.stop_word = stop_word
+        self.on_stop_word = on_stop_word
+        self.log_data = log_data
+        self.throttled = ThrottledLog(self.log)
+        self._own: tuple[str, int] | None = None
+
+    def startProtocol(self) -> None:
+        host = self.transport.getHost()
+        self._own = (unmap(host.host), host.port)
+
+    def _refuse(self, reason: str, host: str, port: int) -> None:
+        self.stats.drop(reason)
+        self.throttled.warn(
+            reason,
+            "udp: no reply to {peer} ({reason})",
+            peer=join_host_port(host, port),
+            reason=reason.replace("_", " "),
+        )
+
+    def datagramReceived(self, data: bytes, addr: tuple) -> None:
+        host, port = addr[0], addr[1]
+        if port < 1024:
+            return self._refuse("udp_privileged_source_port", unmap(host), port)
+        if port in self.own_ports:
+            return self._refuse("udp_own_service_port", unmap(host), port)
+        if is_group_address(host):
+            return self._refuse("udp_group_source", unmap(host), port)
+        if (unmap(host), port) == self._own:
+            return self._refuse("udp_own_address", unmap(host), port)
+        try:
+            self.transport.write(data, addr)
+        except (OSError, error.MessageLengthError) as e:
+            # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
+            self.stats.drop("udp_send_error")
+            self.throttled.warn(
+                "udp_send_error",
+                "udp: reply to {peer} failed: {error}",
+                peer=join_host_port(unmap(host), port),
+                error=getattr(e, "strerror", None) or e,
+            )
+            return
+        stats = self.stats
+        stats.datagrams_echoed += 1
+        stats.bytes_echoed += len(data)
+        stats.udp_peer((host, port))
+        if self.log_data:
+            self.log.info(
+                "{peer} -> {data}", peer=join_host_port(unmap(host), port), data=escape(data)
+            )
+        if self.on_stop_word is not None and self.stop_word and data.strip() == self.stop_word:
+            self.on_stop_word()

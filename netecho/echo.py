@@ -1,0 +1,158 @@
+"""RFC 862 stream echo: byte-exact, half-close aware, with a stop word."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from twisted.internet import interfaces, protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from netecho.address import describe
+from netecho.stats import Stats
+from netecho.stopword import StopWordScanner
+
+#: How many bytes of a payload a ``--log-data`` line shows.
+LOG_DATA_LIMIT = 200
+
+
+def escape(data: bytes, limit: int = LOG_DATA_LIMIT) -> str:
+    """Printable, escaped, truncated form of a payload for the log."""
+    shown = repr(data[:limit])[2:-1]
+    if len(data) > limit:
+        shown += f"... (+{len(data) - limit} bytes)"
+    return shown
+
+
+class StreamFactory(protocol.Factory):
+    """
+    What every netecho stream protocol shares: the counters, the stop word,
+    what to do when a client says it, and whether payloads are logged.
+
+    @ivar service: the name used in log lines (``echo``, ``random``).
+    """
+
+    service = "stream"
+
+    def __init__(
+        self,
+        stats: Stats,
+        stop_word: bytes = b"STOP",
+        on_stop_word: Callable[[], None] | None = None,
+        log_data: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stats = stats
+        self.stop_word = stop_word
+        self.on_stop_word = on_stop_word
+        self.log_data = log_data
+        self.clock = clock
+
+    def doStart(self) -> None:
+        # Twisted logs "Starting factory ..." at every listener start: noise.
+        self.numPorts += 1
+
+    def doStop(self) -> None:
+        self.numPorts -= 1
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class StreamSession(protocol.Protocol):
+    """
+    Bookkeeping common to stream services: counting the client, logging its
+    connection, closing after the stop word, honouring half-close.
+    Subclasses implement L{answer}.
+    """
+
+    log = Logger()
+    factory: StreamFactory
+    received = 0
+    sent = 0
+    _stopped_by_word = False
+    _closing = False
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        # Stop reading while the write buffer is full: a client that sends
+        # but never reads is paused instead of buffered without end.
+        transport.registerProducer(transport, True)
+        factory = self.factory
+        stats = factory.stats
+        self._stats = stats
+        self._started = factory.clock()
+        self.peer = describe(transport.getPeer())
+        self.kind = "unix" if interfaces.IUNIXTransport.providedBy(transport) else "tcp"
+        if self.kind == "unix":
+            stats.unix += 1
+        else:
+            stats.tcp += 1
+        self._scanner = StopWordScanner(factory.stop_word) if factory.stop_word else None
+        self._log_data = factory.log_data
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.received += len(data)
+        scanner = self._scanner
+        if scanner is not None:
+            end = scanner.feed(data)
+            if end >= 0:
+                self._stopped_by_word = True
+                self._closing = True
+                self.answer(data[:end])
+                self._close()
+                return
+        self.answer(data)
+
+    def answer(self, data: bytes) -> None:
+        """Reply to C{data}, the next bytes of the stream."""
+        raise NotImplementedError
+
+    def readConnectionLost(self) -> None:
+        # The client shut down its sending side: everything it sent has been
+        # answered by now (or sits in the write buffer); flush, then close.
+        self._closing = True
+        self._close()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def _close(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        factory = self.factory
+        self.log.info(
+            "{service} {kind} {peer} closed after {duration:.3f}s: "
+            "{received} bytes in, {sent} bytes out{why}",
+            service=factory.service,
+            kind=self.kind,
+            peer=self.peer,
+            duration=factory.clock() - self._started,
+            received=self.received,
+            sent=self.sent,
+            why=" (stop word)" if self._stopped_by_word else "",
+        )
+        if self._stopped_by_word and factory.on_stop_word is not None:
+            factory.on_stop_word()
+
+
+class Echo(StreamSession):
+    """Sends back every byte it receives, unchanged and in order."""
+
+    def answer(self, data: bytes) -> None:
+        self.transport.write(data)
+        n = len(data)
+        self.sent += n
+        self._stats.bytes_echoed += n
+        if self._log_data:
+            self.log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
+
+
+class EchoFactory(StreamFactory):
+    """Builds L{Echo} protocols."""
+
+    protocol = Echo
+    service = "echo"

@@ -1,0 +1,279 @@
+"""
+Turning ``--tcp/--udp/--unix/...`` values into listening services.
+
+A bare PORT becomes a dual-stack (IPv6 and IPv4) listener, or a loopback one
+for services not made for untrusted networks; anything else is a Twisted
+server endpoint description. Every listener that cannot start stops the
+daemon with one line naming it (L{ListenerError}), never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from twisted.application import internet, service
+from twisted.internet import endpoints, error, fdesc, interfaces
+from twisted.logger import Logger
+
+from netecho.address import ipv6_available, join_host_port, parse_port, split_host_port, unmap
+from netecho.datagram import MAX_DATAGRAM
+
+log = Logger()
+
+
+class ListenerError(Exception):
+    """A listener could not start; the message is the line users see."""
+
+
+def _escape(text: str) -> str:
+    """Quote a value for use inside an endpoint description."""
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """
+    One listener as given on the command line.
+
+    @ivar option: the option's name without dashes (``tcp``, ``unix``...).
+    @ivar value: what the user typed.
+    @ivar description: the Twisted endpoint description it stands for
+        (for UDP: C{PORT}, C{HOST:PORT} or C{systemd:NAME}, as typed).
+    """
+
+    option: str
+    value: str
+    description: str
+
+    @property
+    def label(self) -> str:
+        """The listener as the user wrote it, for messages."""
+        return f"--{self.option} {self.value}"
+
+
+def stream_listener(option: str, value: str, loopback_only: bool = False) -> Listener:
+    """
+    The listener for C{--tcp}, C{--random}, C{--pb}, C{--metrics} values.
+
+    @raise ValueError: the value is neither a port nor a valid endpoint.
+    """
+    port = parse_port(value)
+    if port is not None:
+        if loopback_only:
+            description = f"tcp:{port}:interface=127.0.0.1"
+        elif ipv6_available():
+            # tcp6 on :: accepts IPv4 peers too (as ::ffff:a.b.c.d).
+            description = f"tcp6:{port}:interface=\\:\\:"
+        else:
+            description = f"tcp:{port}"
+    else:
+        description = value
+    _check_endpoint(value, description)
+    return Listener(option, value, description)
+
+
+def unix_listener(value: str, mode: int) -> Listener:
+    """
+    The listener for a C{--unix} value: a path, or an endpoint description
+    (C{unix:...}, C{systemd:...}). A path or a C{unix:} endpoint without its
+    own C{mode=} gets C{mode}.
+    """
+    if value.startswith("unix:"):
+        description = value
+        if ":mode=" not in value:
+            description += f":mode={mode:o}"
+    elif value.startswith("systemd:") or (":" in value and not value.startswith(("/", "."))):
+        description = value
+    else:
+        if not value:
+            raise ValueError("empty path")
+        description = f"unix:{_escape(value)}:mode={mode:o}:lockfile=1"
+    _check_endpoint(value, description)
+    return Listener("unix", value, description)
+
+
+def udp_listener(value: str) -> Listener:
+    """The listener for a C{--udp} value: C{PORT}, C{HOST:PORT} or C{systemd:NAME}."""
+    if value.startswith("systemd:"):
+        if not value[len("systemd:") :]:
+            raise ValueError("systemd: needs the socket's name (FileDescriptorName=)")
+    elif parse_port(value) is None:
+        split_host_port(value)
+    return Listener("udp", value, value)
+
+
+def _check_endpoint(value: str, description: str) -> None:
+    # Parsing binds nothing; it catches unknown types, bad parameters and
+    # missing TLS files while a UsageError can still say so.
+    try:
+        endpoints.serverFromString(None, description)
+    except Exception as e:
+        raise ValueError(f"not a port or a server endpoint description: {e}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The short, lower-case reason in an exception from listen()."""
+    if isinstance(exc, error.CannotListenError):
+        inner = exc.socketError
+        if isinstance(inner, OSError) and inner.strerror:
+            return inner.strerror.lower()
+        if inner == "Cannot acquire lock":
+            return "in use by a live server (its lock file is held)"
+        return str(inner)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or exc.__class__.__name__
+
+
+def _bound(label: str, port: object, own_ports: set[int]) -> None:
+    host = port.getHost()
+    if hasattr(host, "port"):
+        own_ports.add(host.port)
+        where = join_host_port(unmap(host.host), host.port)
+    else:
+        name = host.name.decode() if isinstance(host.name, bytes) else host.name
+        where = f"unix:{name}"
+    log.info("{label}: listening on {where}", label=label, where=where)
+
+
+class StreamListenerService(internet.StreamServerEndpointService):
+    """
+    A stream listener that fails fast (like C{strports.service}) with a
+    L{ListenerError} naming it, and logs where it listens.
+    """
+
+    def __init__(self, reactor, listener: Listener, factory, own_ports: set[int]) -> None:
+        super().__init__(endpoints.serverFromString(reactor, listener.description), factory)
+        self._raiseSynchronously = True
+        self.listener = listener
+        self.own_ports = own_ports
+        self.setName(listener.label)
+
+    def privilegedStartService(self) -> None:
+        self._prepare()
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise ListenerError(f"cannot listen on {self.listener.label}: {_reason(e)}") from e
+        self._waitingForPort.addCallback(self._logBound)
+
+    def _logBound(self, port):
+        _bound(self.listener.label, port, self.own_ports)
+        return port
+
+    def _prepare(self) -> None:
+        endpoint = self.endpoint
+        if isinstance(endpoint, endpoints.UNIXServerEndpoint) and endpoint._wantPID:
+            reclaim_unix_path(endpoint._address, self.listener.label)
+
+
+def reclaim_unix_path(path: str, label: str) -> None:
+    """
+    Make C{path} free for a new Unix socket: remove a stale socket (nobody
+    accepts on it), refuse a live one, never touch anything but a socket.
+
+    @raise ListenerError: the path is in use or is not a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ListenerError(f"cannot listen on {label}: {e.strerror.lower()}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenerError(
+            f"cannot listen on {label}: {path} exists and is not a socket (not replacing it)"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.info("{label}: removed stale socket {path}", label=label, path=path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise ListenerError(f"cannot listen on {label}: permission denied") from None
+        # A timeout means a live but busy server: leave it alone.
+        raise ListenerError(f"cannot listen on {label}: in use by a live server") from None
+    else:
+        raise ListenerError(f"cannot listen on {label}: in use by a live server")
+    finally:
+        probe.close()
+
+
+class DatagramListenerService(service.Service):
+    """
+    A UDP listener (Twisted has no datagram endpoint strings): a port on
+    every interface, C{HOST:PORT}, or a socket inherited from systemd by name.
+    """
+
+    def __init__(self, reactor, listener: Listener, protocol, own_ports: set[int]) -> None:
+        self.reactor = reactor
+        self.listener = listener
+        self.protocol = protocol
+        self.own_ports = own_ports
+        self.port = None
+        self.setName(listener.label)
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.port = self._listen()
+        except ListenerError:
+            raise
+        except Exception as e:
+            raise ListenerError(f"cannot listen on {self.listener.label}: {_reason(e)}") from e
+        _bound(self.listener.label, self.port, self.own_ports)
+        service.Service.privilegedStartService(self)
+
+    def _listen(self):
+        value = self.listener.description
+        reactor = self.reactor
+        if value.startswith("systemd:"):
+            return self._adopt(value[len("systemd:") :])
+        port = parse_port(value)
+        if port is not None:
+            host = "::" if ipv6_available() else ""
+        else:
+            host, port = split_host_port(value)
+        return reactor.listenUDP(port, self.protocol, interface=host, maxPacketSize=MAX_DATAGRAM)
+
+    def _adopt(self, name: str):
+        # Importing twisted.internet.endpoints took LISTEN_FDS/LISTEN_FDNAMES
+        # out of the environment; its systemd parser keeps what it found.
+        named = endpoints._SystemdParser._sddaemon.inheritedNamedDescriptors()
+        if name not in named:
+            known = ", ".join(sorted(named)) or "none"
+            raise ListenerError(
+                f"cannot listen on {self.listener.label}: no inherited socket named "
+                f"{name!r} (inherited: {known})"
+            )
+        fd = named[name]
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            if sock.type != socket.SOCK_DGRAM:
+                raise ListenerError(
+                    f"cannot listen on {self.listener.label}: inherited socket {name!r} "
+                    "is not a datagram socket"
+                )
+            family = sock.family
+        finally:
+            sock.close()
+        # A blocking inherited fd would hang the reactor after one datagram.
+        fdesc.setNonBlocking(fd)
+        if not interfaces.IReactorSocket.providedBy(self.reactor):
+            raise ListenerError(f"cannot listen on {self.listener.label}: reactor cannot adopt sockets")
+        return self.reactor.adoptDatagramPort(fd, family, self.protocol, MAX_DATAGRAM)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()

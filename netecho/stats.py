@@ -1,0 +1,72 @@
+"""The counters every service shares, and the summary line printed on stop."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+#: Distinct UDP peers are remembered only up to this many addresses, so a
+#: flood of spoofed sources cannot grow the daemon's memory without bound.
+MAX_TRACKED_UDP_PEERS = 65536
+
+
+class Stats:
+    """
+    Live counters of one daemon.
+
+    Protocols bump the plain integer attributes directly: that is the cheapest
+    thing to do on the echo path, and the attributes are the public interface.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        #: Stream clients by transport: TCP and Unix (echo and random alike).
+        self.tcp = 0
+        self.unix = 0
+        self.pb = 0
+        self.bytes_echoed = 0
+        self.datagrams_echoed = 0
+        self.rpc_calls = 0
+        #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
+        self.dropped: dict[str, int] = {}
+        self._udp_peers: set[tuple[str, int]] = set()
+
+    @property
+    def clients_served(self) -> int:
+        """Stream clients of the echo and random services (TCP and Unix)."""
+        return self.tcp + self.unix
+
+    @property
+    def udp_peers(self) -> int:
+        """Distinct UDP source addresses echoed to (exact up to a bound)."""
+        return len(self._udp_peers)
+
+    def udp_peer(self, addr: tuple[str, int]) -> None:
+        """Remember a UDP peer that got an echo."""
+        peers = self._udp_peers
+        if len(peers) < MAX_TRACKED_UDP_PEERS:
+            peers.add(addr)
+
+    def drop(self, reason: str) -> None:
+        """Count one refused connection or dropped datagram."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def uptime(self) -> float:
+        """Seconds since the counters were created."""
+        return self._clock() - self.started
+
+    def summary(self) -> str:
+        """The one-line ``key=value`` summary logged when the daemon stops."""
+        fields = [
+            ("clients_served", self.clients_served),
+            ("tcp", self.tcp),
+            ("unix", self.unix),
+            ("udp_peers", self.udp_peers),
+            ("pb", self.pb),
+            ("bytes_echoed", self.bytes_echoed),
+            ("datagrams_echoed", self.datagrams_echoed),
+            ("rpc_calls", self.rpc_calls),
+            ("uptime_s", int(self.uptime())),
+        ]
+        return "summary: " + " ".join(f"{k}={v}" for k, v in fields)

@@ -1,0 +1,155 @@
+"""``twistd netecho``: the options and the service tree they describe."""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.python import usage
+
+from netecho import __version__
+from netecho.daemon import NetechoService
+from netecho.datagram import DatagramEcho
+from netecho.echo import EchoFactory
+from netecho.listeners import (
+    DatagramListenerService,
+    StreamListenerService,
+    stream_listener,
+    udp_listener,
+    unix_listener,
+)
+from netecho.randomnum import RandomNumberFactory
+from netecho.stats import Stats
+
+DEFAULT_LISTENERS = {"tcp": ["1234"], "udp": ["1234"]}
+LISTENER_OPTIONS = ("tcp", "udp", "unix", "random")
+
+
+def _signal_number(value: str) -> int:
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        number = signal.Signals[name]
+    except KeyError:
+        raise usage.UsageError(f"--stop-signal: unknown signal {value!r} (try USR1)") from None
+    if number in (signal.SIGKILL, signal.SIGSTOP):
+        raise usage.UsageError(f"--stop-signal: {name} cannot be caught")
+    return int(number)
+
+
+def _mode(value: str) -> int:
+    text = value.lower().removeprefix("0o")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise usage.UsageError(f"--unix-mode: {value!r} is not an octal file mode such as 0660")
+    return mode
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd netecho``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "TCP, UDP and Unix-socket echo (RFC 862) and a random-number service. "
+        "Listener options can be repeated; with none, "
+        "netecho listens on --tcp 1234 --udp 1234. A bare PORT listens "
+        "on every interface, IPv6 and IPv4 alike; anything "
+        "else is a Twisted server endpoint description, e.g. "
+        "tcp:1234:interface=127.0.0.1, ssl:1234:privateKey=key.pem, "
+        "haproxy:tcp:1234, systemd:domain=INET6:name=echo."
+    )
+
+    optFlags = [
+        ["exit-on-stop", None, "A stop word from any client (TCP, UDP or Unix) stops the "
+         "whole daemon with exit status 0 (the classic demo). Off by default."],
+        ["log-data", None, "Log each payload received as '-> message' (escaped, "
+         "truncated to 200 bytes). Off by default."],
+    ]
+    optParameters = [
+        ["unix-mode", None, "0660", "File mode of Unix sockets given as a path or "
+         "unix: endpoint without mode=. Example: --unix-mode 0600."],
+        ["stop-word", None, "STOP", "A line equal to WORD after trimming whitespace "
+         "(case-sensitive) is echoed, then that client is disconnected. "
+         "Empty disables. Example: --stop-word QUIT."],
+        ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
+         "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in LISTENER_OPTIONS:
+            self[name] = []
+
+    def opt_tcp(self, value: str) -> None:
+        """TCP echo on PORT or a server ENDPOINT. Example: --tcp 7 or --tcp tcp:7:interface=127.0.0.1"""
+        self["tcp"].append(value)
+
+    def opt_udp(self, value: str) -> None:
+        """UDP echo on PORT, HOST:PORT ([::1]:PORT for IPv6) or systemd:NAME (an inherited socket). Example: --udp 127.0.0.1:7"""
+        self["udp"].append(value)
+
+    def opt_unix(self, value: str) -> None:
+        """Unix stream socket echo on PATH or an ENDPOINT (unix:..., systemd:...). Example: --unix /run/netecho/echo.sock"""
+        self["unix"].append(value)
+
+    def opt_random(self, value: str) -> None:
+        """Random-number service on PORT or ENDPOINT: each line gets a random number (0 to 2^31-1) and a newline. Example: --random 1235"""
+        self["random"].append(value)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"netecho {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        if not any(self[name] for name in LISTENER_OPTIONS):
+            for name, values in DEFAULT_LISTENERS.items():
+                self[name] = list(values)
+        self["stop-word"] = self["stop-word"].strip()
+        self["unix-mode"] = _mode(str(self["unix-mode"]))
+        listeners = []
+        for name in LISTENER_OPTIONS:
+            for value in self[name]:
+                try:
+                    if name == "udp":
+                        listeners.append(udp_listener(value))
+                    elif name == "unix":
+                        listeners.append(unix_listener(value, self["unix-mode"]))
+                    else:
+                        listeners.append(stream_listener(name, value))
+                except ValueError as e:
+                    raise usage.UsageError(f"--{name} {value}: {e}") from None
+        self["listeners"] = listeners
+
+
+def makeService(config: Options, reactor=None) -> NetechoService:
+    """Build the daemon's service tree from parsed options; binds nothing yet."""
+    if reactor is None:
+        from twisted.internet import reactor
+    stats = Stats()
+    top = NetechoService(
+        reactor,
+        stats,
+        exit_on_stop=config["exit-on-stop"],
+        stop_signal=config["stop-signal"],
+    )
+    own_ports: set[int] = set()
+    stop_word = config["stop-word"].encode("utf-8")
+    on_stop = top.stop_word_heard if config["exit-on-stop"] else None
+    common = dict(stop_word=stop_word, on_stop_word=on_stop, log_data=config["log-data"])
+    echo = EchoFactory(stats, **common)
+    for listener in config["listeners"]:
+        if listener.option == "udp":
+            proto = DatagramEcho(stats, own_ports, **common)
+            child = DatagramListenerService(reactor, listener, proto, own_ports)
+        elif listener.option in ("tcp", "unix"):
+            child = StreamListenerService(reactor, listener, echo, own_ports)
+        else:
+            child = StreamListenerService(
+                reactor, listener, RandomNumberFactory(stats, **common), own_ports
+            )
+        child.setServiceParent(top)
+    return top
