@@ -21,6 +21,7 @@ MAX_DATAGRAM = 65536
 @lru_cache(maxsize=4096)
 def is_group_address(host: str) -> bool:
     """True for multicast and limited-broadcast sources, which get no reply."""
+    host = unmap(host)
     if host.startswith(("ff", "FF")):
         return True
     if host == "255.255.255.255":
@@ -67,9 +68,9 @@ class DatagramEcho(protocol.DatagramProtocol):
         self.stats.drop(reason)
         self.throttled.warn(
             reason,
-            "udp: no reply to {peer} ({reason})",
+            "udp: no reply to {peer} ({why})",
             peer=join_host_port(host, port),
-            reason=reason.replace("_", " "),
+            why=reason.removeprefix("udp_").replace("_", " "),
         )
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:

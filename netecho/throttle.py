@@ -27,7 +27,7 @@ class ThrottledLog:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warn(self, reason: str, fmt: str, **kw: Any) -> None:
+    def warn(self, reason: str, fmt: str, /, **kw: Any) -> None:
         """Log C{fmt} (a twisted.logger format) unless C{reason} was just logged."""
         now = self._clock()
         last = self._last.get(reason)

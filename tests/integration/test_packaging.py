@@ -1,0 +1,81 @@
+"""
+The wheel and the sdist, each installed into a fresh virtualenv and run from
+/, give a working ``twistd netecho`` and ``netecho`` (TRAPS.md: packaging).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args, cwd="/", timeout=300, **kw):
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
+    if out.returncode != 0:
+        raise AssertionError(f"{args} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+_built: list[Path] = []
+
+
+def built() -> Path:
+    """Build the wheel and sdist once per test run (from a copy of the checkout)."""
+    if not _built:
+        work = Path(tempfile.mkdtemp(prefix="netecho-pkg-"))
+        atexit.register(shutil.rmtree, work, True)
+        src = work / "src"
+        shutil.copytree(
+            ROOT, src,
+            ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                          "__pycache__", "_trial_temp*", "dropin.cache"),
+        )
+        run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(src)])
+        _built.append(work)
+    return _built[0]
+
+
+class PackagingTests(TestCase):
+    def setUp(self):
+        self.work = built()
+        self.dist = self.work / "dist"
+
+    def artifact(self, suffix: str) -> Path:
+        (found,) = [p for p in self.dist.iterdir() if p.name.endswith(suffix)]
+        return found
+
+    def test_wheel_ships_no_twisted_init(self):
+        """A twisted/__init__.py or twisted/plugins/__init__.py would clobber Twisted's own."""
+        names = zipfile.ZipFile(self.artifact(".whl")).namelist()
+        self.assertIn("twisted/plugins/netecho_plugin.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertFalse([n for n in names if n.endswith("dropin.cache")])
+
+    def check_install(self, artifact: Path) -> None:
+        venv = Path(self.mktemp())
+        run([sys.executable, "-m", "venv", str(venv)])
+        bin_ = venv / "bin"
+        run([str(bin_ / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(artifact)])
+        self.assertRegex(run([str(bin_ / "twistd"), "--help"]), r"\n\s+netecho\s+TCP, UDP")
+        help_text = run([str(bin_ / "twistd"), "netecho", "--help"])
+        for option in ("--tcp", "--udp", "--unix", "--unix-mode", "--random", "--stop-word",
+                       "--exit-on-stop", "--stop-signal", "--log-data"):
+            self.assertIn(option + ("=" if option not in ("--exit-on-stop", "--log-data") else " "), help_text)
+        self.assertIn("netecho ", run([str(bin_ / "netecho"), "--version"]))
+        self.assertIn("netecho ", run([str(bin_ / "python"), "-m", "netecho", "--version"]))
+
+    def test_wheel(self):
+        self.check_install(self.artifact(".whl"))
+
+    def test_sdist(self):
+        self.check_install(self.artifact(".tar.gz"))

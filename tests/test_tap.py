@@ -1,0 +1,136 @@
+import signal
+
+from twisted.application import internet
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from netecho.address import ipv6_available
+from netecho.listeners import DatagramListenerService, Listener, StreamListenerService
+from netecho.tap import Options, makeService
+
+BARE = "tcp6:{}:interface=\\:\\:" if ipv6_available() else "tcp:{}"
+
+
+def parse(*args):
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self):
+        options = parse()
+        self.assertEqual(
+            dict(options),
+            {
+                "tcp": ["1234"],
+                "udp": ["1234"],
+                "unix": [],
+                "random": [],
+                "unix-mode": 0o660,
+                "stop-word": "STOP",
+                "stop-signal": None,
+                "exit-on-stop": 0,
+                "log-data": 0,
+                "listeners": [
+                    Listener("tcp", "1234", BARE.format(1234)),
+                    Listener("udp", "1234", "1234"),
+                ],
+            },
+        )
+
+    def test_everything(self):
+        options = parse(
+            "--tcp", "7", "--tcp", "tcp:7000:interface=127.0.0.1", "--udp", "[::1]:7",
+            "--unix", "/run/e.sock", "--unix", "unix:/tmp/x.sock", "--random", "0",
+            "--unix-mode", "0600", "--stop-word", " QUIT ", "--stop-signal", "usr1",
+            "--exit-on-stop", "--log-data",
+        )
+        self.assertEqual(
+            dict(options),
+            {
+                "tcp": ["7", "tcp:7000:interface=127.0.0.1"],
+                "udp": ["[::1]:7"],
+                "unix": ["/run/e.sock", "unix:/tmp/x.sock"],
+                "random": ["0"],
+                "unix-mode": 0o600,
+                "stop-word": "QUIT",
+                "stop-signal": signal.SIGUSR1,
+                "exit-on-stop": 1,
+                "log-data": 1,
+                "listeners": [
+                    Listener("tcp", "7", BARE.format(7)),
+                    Listener("tcp", "tcp:7000:interface=127.0.0.1", "tcp:7000:interface=127.0.0.1"),
+                    Listener("udp", "[::1]:7", "[::1]:7"),
+                    Listener("unix", "/run/e.sock", "unix:/run/e.sock:mode=600:lockfile=1"),
+                    Listener("unix", "unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600"),
+                    Listener("random", "0", BARE.format(0)),
+                ],
+            },
+        )
+
+    def test_one_listener_replaces_defaults(self):
+        self.assertEqual([l.label for l in parse("--unix", "s")["listeners"]], ["--unix s"])
+
+    def test_unix_path_with_colon_is_escaped(self):
+        (listener,) = parse("--unix", "/tmp/a:b")["listeners"]
+        self.assertEqual(listener.description, "unix:/tmp/a\\:b:mode=660:lockfile=1")
+
+    def test_errors(self):
+        cases = {
+            ("--tcp", "70000"): "--tcp 70000: not a port or a server endpoint description",
+            ("--tcp", "bogus:1"): "--tcp bogus:1: not a port or a server endpoint description",
+            ("--udp", "x"): "--udp x: 'x' is not HOST:PORT",
+            ("--udp", "1.2.3.4:99999"): "--udp 1.2.3.4:99999: '99999' in '1.2.3.4:99999' is not a port",
+            ("--udp", "systemd:"): "--udp systemd:: systemd: needs the socket's name",
+            ("--unix-mode", "8"): "--unix-mode: '8' is not an octal file mode",
+            ("--unix-mode", "1777"): "--unix-mode: '1777' is not an octal file mode",
+            ("--stop-signal", "NOPE"): "--stop-signal: unknown signal 'NOPE'",
+            ("--stop-signal", "STOP"): "--stop-signal: SIGSTOP cannot be caught",
+            ("--random", "ssl:1234:privateKey=/nonexistent.pem"): "--random ssl:1234",
+        }
+        for args, message in cases.items():
+            e = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(message, str(e), args)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_tree(self):
+        reactor = MemoryReactor()
+        top = makeService(
+            parse("--tcp", "1", "--udp", "2", "--unix", "/tmp/s", "--random", "3"), reactor
+        )
+        children = list(top)
+        self.assertEqual(
+            [(type(c), c.name) for c in children],
+            [
+                (StreamListenerService, "--tcp 1"),
+                (DatagramListenerService, "--udp 2"),
+                (StreamListenerService, "--unix /tmp/s"),
+                (StreamListenerService, "--random 3"),
+            ],
+        )
+        tcp, udp, unix, rnd = children
+        self.assertIsInstance(tcp, internet.StreamServerEndpointService)
+        self.assertIsInstance(unix.endpoint, endpoints.UNIXServerEndpoint)
+        self.assertEqual(unix.endpoint._mode, 0o660)
+        self.assertEqual(tcp.factory.service, "echo")
+        self.assertEqual(rnd.factory.service, "random")
+        self.assertIs(tcp.factory.stats, top.stats)
+        self.assertIsNone(tcp.factory.on_stop_word)
+
+    def test_listening_in_memory(self):
+        """Starting the tree listens on each endpoint (here a MemoryReactor)."""
+        reactor = MemoryReactor()
+        top = makeService(parse("--tcp", "tcp:1:interface=127.0.0.1", "--unix", "/nonexistent/s"), reactor)
+        top.privilegedStartService()
+        self.assertEqual([(p[0], p[3]) for p in reactor.tcpServers], [(1, "127.0.0.1")])
+        self.assertEqual([(p[0], p[3]) for p in reactor.unixServers], [("/nonexistent/s", 0o660)])
+
+    def test_exit_on_stop_wires_the_stop(self):
+        top = makeService(parse("--tcp", "1", "--exit-on-stop"), MemoryReactor())
+        (tcp,) = top
+        self.assertEqual(tcp.factory.on_stop_word, top.stop_word_heard)
+        self.assertEqual(tcp.factory.stop_word, b"STOP")
