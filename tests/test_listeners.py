@@ -2,6 +2,7 @@
 
 import os
 import socket
+import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.python import usage
@@ -49,8 +50,7 @@ class RealListenerTests(TestCase):
 
     @defer.inlineCallbacks
     def test_start_and_stop(self):
-        path = os.path.join(self.mktemp() + "-d", "s")
-        os.makedirs(os.path.dirname(path))
+        path = os.path.join(tempfile.mkdtemp(), "s")
         echo = EchoFactory(self.stats)
         tcp = self.add(StreamListenerService(
             reactor, stream_listener("tcp", "tcp:0:interface=127.0.0.1"), echo, self.own_ports))
@@ -107,7 +107,8 @@ class RealListenerTests(TestCase):
 
 class ReclaimTests(SynchronousTestCase):
     def setUp(self):
-        self.path = self.mktemp()
+        # Not self.mktemp(): under pytest it lands in the checkout.
+        self.path = os.path.join(tempfile.mkdtemp(), "s")
 
     def test_missing_path_is_fine(self):
         reclaim_unix_path(self.path, "--unix x")

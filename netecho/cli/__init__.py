@@ -6,9 +6,11 @@ Exit status: 0 success, 2 usage error, 100 any other failure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from netecho import __version__
+from netecho.cli import stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,12 +21,28 @@ def build_parser() -> argparse.ArgumentParser:
         "as 'twistd -n netecho' (see 'twistd netecho --help').",
     )
     parser.add_argument("--version", action="version", version=f"netecho {__version__}")
-    parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    stream.register(sub)
+    udp.register(sub)
     return parser
+
+
+def _ensure_standard_fds() -> None:
+    # A closed stdin/stdout (e.g. "<&-") would let the next socket take fd 0
+    # or 1; keep them taken by /dev/null instead.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    _ensure_standard_fds()
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:

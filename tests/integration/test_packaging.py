@@ -28,17 +28,24 @@ def run(args, cwd="/", timeout=300, **kw):
 _built: list[Path] = []
 
 
+def checkout_files() -> list[str]:
+    """The checkout's files as git sees them (tracked and new, not ignored)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    )
+    return [n for n in out.stdout.decode().split("\0") if n and (ROOT / n).is_file()]
+
+
 def built() -> Path:
     """Build the wheel and sdist once per test run (from a copy of the checkout)."""
     if not _built:
         work = Path(tempfile.mkdtemp(prefix="netecho-pkg-"))
         atexit.register(shutil.rmtree, work, True)
         src = work / "src"
-        shutil.copytree(
-            ROOT, src,
-            ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
-                                          "__pycache__", "_trial_temp*", "dropin.cache"),
-        )
+        for name in checkout_files():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
         run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(src)])
         _built.append(work)
     return _built[0]
@@ -62,7 +69,7 @@ class PackagingTests(TestCase):
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
 
     def check_install(self, artifact: Path) -> None:
-        venv = Path(self.mktemp())
+        venv = Path(tempfile.mkdtemp(prefix="venv-", dir=self.work))
         run([sys.executable, "-m", "venv", str(venv)])
         bin_ = venv / "bin"
         run([str(bin_ / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(artifact)])

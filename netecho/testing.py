@@ -1,0 +1,147 @@
+"""
+In-process netecho services for other projects' tests.
+
+In a trial TestCase::
+
+    from netecho.testing import tcp_echo
+
+    class ClientTests(unittest.TestCase):
+        async def test_roundtrip(self):
+            server = tcp_echo(self)            # listening now, on 127.0.0.1
+            reply = await my_client(server.host, server.port, b"hi\\n")
+            self.assertEqual(reply, b"hi\\n")
+            # cleanup (through addCleanup) waits for every connection to close
+
+Each service listens on loopback on a free port (or a Unix socket in a fresh
+temporary directory) with the daemon's behaviour: byte-exact echo, the stop
+word, half-close, UDP guards. A pytest plugin offers the same as fixtures:
+see L{netecho.pytest_plugin}.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+from twisted.internet import defer
+
+from netecho.address import join_host_port
+from netecho.datagram import MAX_DATAGRAM, DatagramEcho
+from netecho.echo import EchoFactory, StreamFactory
+from netecho.randomnum import RandomNumberFactory
+from netecho.stats import Stats
+
+
+@dataclass
+class RunningService:
+    """
+    A service started by this module.
+
+    @ivar host: C{"127.0.0.1"} (None for Unix sockets).
+    @ivar port: the port it got (None for Unix sockets).
+    @ivar path: the Unix socket's path (None otherwise).
+    @ivar stats: its live counters (L{netecho.stats.Stats}).
+    """
+
+    kind: str
+    host: str | None
+    port: int | None
+    path: str | None
+    stats: Stats
+    stop: Callable[[], defer.Deferred] = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        """C{HOST:PORT}, or the socket's path: what netecho's clients take."""
+        return self.path if self.path is not None else join_host_port(self.host, self.port)
+
+
+def _tracking(factory: StreamFactory) -> tuple[StreamFactory, Callable[[], defer.Deferred]]:
+    """
+    Make C{factory} remember its live connections; return it and a function
+    that drops them all and fires once each has gone (no dirty reactor).
+    """
+    live: dict = {}
+    base = factory.protocol
+
+    class Tracked(base):
+        def connectionMade(self):
+            live[self] = defer.Deferred()
+            super().connectionMade()
+
+        def connectionLost(self, reason=None):
+            super().connectionLost(reason)
+            live.pop(self).callback(None)
+
+    factory.protocol = Tracked
+
+    def drop_all() -> defer.Deferred:
+        waiting = list(live.values())
+        for proto in list(live):
+            proto.transport.abortConnection()
+        return defer.gatherResults(waiting)
+
+    return factory, drop_all
+
+
+def start(kind: str, reactor=None, stop_word: str = "STOP") -> RunningService:
+    """
+    Start a C{kind} service (C{tcp}, C{udp}, C{unix} or C{random}) on loopback.
+    The caller must call (and wait for) C{.stop()}; L{tcp_echo} and friends
+    do that through C{addCleanup}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    stats = Stats()
+    word = stop_word.encode()
+    if kind == "udp":
+        own_ports: set[int] = set()
+        port = reactor.listenUDP(0, DatagramEcho(stats, own_ports, stop_word=word),
+                                 interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
+        own_ports.add(port.getHost().port)
+        return RunningService("udp", "127.0.0.1", port.getHost().port, None, stats,
+                              lambda: defer.maybeDeferred(port.stopListening))
+    factory_class = {"tcp": EchoFactory, "unix": EchoFactory, "random": RandomNumberFactory}
+    if kind not in factory_class:
+        raise ValueError(f"unknown service {kind!r} (tcp, udp, unix, random)")
+    factory, drop_all = _tracking(factory_class[kind](stats, stop_word=word))
+    if kind == "unix":
+        directory = tempfile.mkdtemp(prefix="netecho-")
+        path = os.path.join(directory, "echo.sock")
+        port = reactor.listenUNIX(path, factory, mode=0o600)
+        host = number = None
+    else:
+        directory = path = None
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        host, number = "127.0.0.1", port.getHost().port
+
+    def stop() -> defer.Deferred:
+        d = defer.gatherResults([defer.maybeDeferred(port.stopListening), drop_all()])
+        if directory is not None:
+            d.addBoth(lambda result: (shutil.rmtree(directory, ignore_errors=True), result)[1])
+        return d
+
+    return RunningService(kind, host, number, path, stats, stop)
+
+
+def _for_testcase(kind: str):
+    def starter(testcase, reactor=None, stop_word: str = "STOP") -> RunningService:
+        service = start(kind, reactor, stop_word)
+        testcase.addCleanup(service.stop)
+        return service
+
+    starter.__name__ = f"{kind}_service"
+    starter.__doc__ = (
+        f"Start a {kind} service for C{{testcase}} (a trial TestCase); it is "
+        "stopped by C{addCleanup}, after every connection to it has closed."
+    )
+    return starter
+
+
+tcp_echo = _for_testcase("tcp")
+udp_echo = _for_testcase("udp")
+unix_echo = _for_testcase("unix")
+random_numbers = _for_testcase("random")

@@ -1,0 +1,64 @@
+import io
+import sys
+
+from twisted.internet import error
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from netecho.cli import build_parser, main
+from netecho.cli.lines import LineConnection
+
+
+class ParserTests(SynchronousTestCase):
+    def test_tcp_defaults(self):
+        args = build_parser().parse_args(["tcp", "[::1]:7"])
+        self.assertEqual(
+            (args.address, args.message, args.timeout, args.stop_word), (("::1", 7), None, 10.0, "STOP")
+        )
+
+    def test_udp_defaults(self):
+        args = build_parser().parse_args(["udp", "localhost:7"])
+        self.assertEqual(
+            (args.address, args.message, args.timeout, args.retries),
+            (("localhost", 7), "Hello UDP Echo server!", 2.0, 2),
+        )
+
+    def test_unix_repeat(self):
+        args = build_parser().parse_args(["unix", "/s", "--repeat", "hi", "--interval", "0.5", "--count", "3"])
+        self.assertEqual((args.path, args.repeat, args.interval, args.count), ("/s", "hi", 0.5, 3))
+
+    def test_usage_error_is_2(self):
+        self.patch(sys, "stderr", io.StringIO())
+        for argv in (["tcp", "x"], ["unix"], ["udp", "h:1", "--timeout", "-1"]):
+            e = self.assertRaises(SystemExit, main, argv)
+            self.assertEqual(e.code, 2, argv)
+        self.assertEqual(main([]), 2)
+
+
+class LineConnectionTests(SynchronousTestCase):
+    def setUp(self):
+        self.conn = LineConnection()
+        self.conn.makeConnection(StringTransport())
+
+    def test_split_reply(self):
+        d = self.conn.read_line()
+        self.conn.dataReceived(b"ab")
+        self.assertNoResult(d)
+        self.conn.dataReceived(b"c\nde")
+        self.assertEqual(self.successResultOf(d), b"abc\n")
+        d = self.conn.read_line()
+        self.conn.dataReceived(b"\n")
+        self.assertEqual(self.successResultOf(d), b"de\n")
+
+    def test_merged_replies(self):
+        self.conn.dataReceived(b"one\ntwo\n")
+        self.assertEqual(self.successResultOf(self.conn.read_line()), b"one\n")
+        self.assertEqual(self.successResultOf(self.conn.read_line()), b"two\n")
+
+    def test_close_with_partial_line(self):
+        d = self.conn.read_line()
+        self.conn.dataReceived(b"tail")
+        self.conn.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(self.successResultOf(d), b"tail")
+        self.failureResultOf(self.conn.read_line(), error.ConnectionDone)
