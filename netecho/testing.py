@@ -1,14 +1,14 @@
 """
 In-process netecho services for other projects' tests.
 
-In a trial TestCase::
+In a trial TestCase (C{ask} stands for the client under test)::
 
     from netecho.testing import tcp_echo
 
     class ClientTests(unittest.TestCase):
         async def test_roundtrip(self):
             server = tcp_echo(self)            # listening now, on 127.0.0.1
-            reply = await my_client(server.host, server.port, b"hi\\n")
+            reply = await threads.deferToThread(ask, (server.host, server.port), b"hi\\n")
             self.assertEqual(reply, b"hi\\n")
             # cleanup (through addCleanup) waits for every connection to close
 
