@@ -28,6 +28,8 @@ class Stats:
         self.bytes_echoed = 0
         self.datagrams_echoed = 0
         self.rpc_calls = 0
+        #: RPC calls by method name.
+        self.rpc_by_method: dict[str, int] = {}
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
@@ -55,6 +57,22 @@ class Stats:
     def uptime(self) -> float:
         """Seconds since the counters were created."""
         return self._clock() - self.started
+
+    def as_dict(self) -> dict:
+        """The live counters as plain data (for the RPC C{stats()} call)."""
+        return {
+            "clients_served": self.clients_served,
+            "tcp": self.tcp,
+            "unix": self.unix,
+            "udp_peers": self.udp_peers,
+            "pb": self.pb,
+            "bytes_echoed": self.bytes_echoed,
+            "datagrams_echoed": self.datagrams_echoed,
+            "rpc_calls": self.rpc_calls,
+            "rpc_calls_by_method": dict(self.rpc_by_method),
+            "dropped": dict(self.dropped),
+            "uptime_s": round(self.uptime(), 3),
+        }
 
     def summary(self) -> str:
         """The one-line ``key=value`` summary logged when the daemon stops."""

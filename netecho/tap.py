@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from netecho import __version__
@@ -18,10 +19,13 @@ from netecho.listeners import (
     unix_listener,
 )
 from netecho.randomnum import RandomNumberFactory
+from netecho.rpc import RPCService, UsersFileError, load_users, readable_by_others
 from netecho.stats import Stats
 
-DEFAULT_LISTENERS = {"tcp": ["1234"], "udp": ["1234"]}
-LISTENER_OPTIONS = ("tcp", "udp", "unix", "random")
+log = Logger()
+
+DEFAULT_LISTENERS = {"tcp": ["1234"], "udp": ["1234"], "pb": ["8787"]}
+LISTENER_OPTIONS = ("tcp", "udp", "unix", "random", "pb")
 
 
 def _signal_number(value: str) -> int:
@@ -53,10 +57,11 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "TCP, UDP and Unix-socket echo (RFC 862) and a random-number service. "
+        "TCP, UDP and Unix-socket echo (RFC 862), a random-number service and "
+        "Perspective Broker RPC. "
         "Listener options can be repeated; with none, "
-        "netecho listens on --tcp 1234 --udp 1234. A bare PORT listens "
-        "on every interface, IPv6 and IPv4 alike; anything "
+        "netecho listens on --tcp 1234 --udp 1234 --pb 8787. A bare PORT listens "
+        "on every interface, IPv6 and IPv4 alike (loopback only for --pb); anything "
         "else is a Twisted server endpoint description, e.g. "
         "tcp:1234:interface=127.0.0.1, ssl:1234:privateKey=key.pem, "
         "haproxy:tcp:1234, systemd:domain=INET6:name=echo."
@@ -74,6 +79,9 @@ class Options(usage.Options):
         ["stop-word", None, "STOP", "A line equal to WORD after trimming whitespace "
          "(case-sensitive) is echoed, then that client is disconnected. "
          "Empty disables. Example: --stop-word QUIT."],
+        ["pb-users", None, None, "A file of user:password lines: these users may log in "
+         "to PB and call quit(); anonymous logins may not. Keep it mode 0600. "
+         "Example: --pb-users /etc/netecho/users."],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
          "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
     ]
@@ -99,6 +107,10 @@ class Options(usage.Options):
         """Random-number service on PORT or ENDPOINT: each line gets a random number (0 to 2^31-1) and a newline. Example: --random 1235"""
         self["random"].append(value)
 
+    def opt_pb(self, value: str) -> None:
+        """Perspective Broker RPC on PORT (loopback only: PB is not made for untrusted networks) or an ENDPOINT (e.g. ssl:8787:..., tcp6:8787, unix:/run/netecho/pb.sock). Example: --pb 8787"""
+        self["pb"].append(value)
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"netecho {__version__}")
@@ -119,10 +131,16 @@ class Options(usage.Options):
                     elif name == "unix":
                         listeners.append(unix_listener(value, self["unix-mode"]))
                     else:
-                        listeners.append(stream_listener(name, value))
+                        listeners.append(stream_listener(name, value, loopback_only=name == "pb"))
                 except ValueError as e:
                     raise usage.UsageError(f"--{name} {value}: {e}") from None
         self["listeners"] = listeners
+        self["users"] = None
+        if self["pb-users"] is not None:
+            try:
+                self["users"] = load_users(self["pb-users"])
+            except UsersFileError as e:
+                raise usage.UsageError(f"--pb-users {e}") from None
 
 
 def makeService(config: Options, reactor=None) -> NetechoService:
@@ -141,12 +159,17 @@ def makeService(config: Options, reactor=None) -> NetechoService:
     on_stop = top.stop_word_heard if config["exit-on-stop"] else None
     common = dict(stop_word=stop_word, on_stop_word=on_stop, log_data=config["log-data"])
     echo = EchoFactory(stats, **common)
+    rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"])
+    if config["pb-users"] is not None and readable_by_others(config["pb-users"]):
+        log.warn("--pb-users {path} is readable by others: chmod 600 it", path=config["pb-users"])
     for listener in config["listeners"]:
         if listener.option == "udp":
             proto = DatagramEcho(stats, own_ports, **common)
             child = DatagramListenerService(reactor, listener, proto, own_ports)
         elif listener.option in ("tcp", "unix"):
             child = StreamListenerService(reactor, listener, echo, own_ports)
+        elif listener.option == "pb":
+            child = StreamListenerService(reactor, listener, rpc.factory(), own_ports)
         else:
             child = StreamListenerService(
                 reactor, listener, RandomNumberFactory(stats, **common), own_ports

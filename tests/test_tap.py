@@ -4,6 +4,7 @@ from twisted.application import internet
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
+from twisted.spread.pb import PBServerFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from netecho.address import ipv6_available
@@ -29,6 +30,9 @@ class OptionsTests(SynchronousTestCase):
                 "udp": ["1234"],
                 "unix": [],
                 "random": [],
+                "pb": ["8787"],
+                "pb-users": None,
+                "users": None,
                 "unix-mode": 0o660,
                 "stop-word": "STOP",
                 "stop-signal": None,
@@ -37,6 +41,7 @@ class OptionsTests(SynchronousTestCase):
                 "listeners": [
                     Listener("tcp", "1234", BARE.format(1234)),
                     Listener("udp", "1234", "1234"),
+                    Listener("pb", "8787", "tcp:8787:interface=127.0.0.1"),
                 ],
             },
         )
@@ -46,7 +51,7 @@ class OptionsTests(SynchronousTestCase):
             "--tcp", "7", "--tcp", "tcp:7000:interface=127.0.0.1", "--udp", "[::1]:7",
             "--unix", "/run/e.sock", "--unix", "unix:/tmp/x.sock", "--random", "0",
             "--unix-mode", "0600", "--stop-word", " QUIT ", "--stop-signal", "usr1",
-            "--exit-on-stop", "--log-data",
+            "--exit-on-stop", "--log-data", "--pb", "tcp6:8787",
         )
         self.assertEqual(
             dict(options),
@@ -55,6 +60,9 @@ class OptionsTests(SynchronousTestCase):
                 "udp": ["[::1]:7"],
                 "unix": ["/run/e.sock", "unix:/tmp/x.sock"],
                 "random": ["0"],
+                "pb": ["tcp6:8787"],
+                "pb-users": None,
+                "users": None,
                 "unix-mode": 0o600,
                 "stop-word": "QUIT",
                 "stop-signal": signal.SIGUSR1,
@@ -67,6 +75,7 @@ class OptionsTests(SynchronousTestCase):
                     Listener("unix", "/run/e.sock", "unix:/run/e.sock:mode=600:lockfile=1"),
                     Listener("unix", "unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600"),
                     Listener("random", "0", BARE.format(0)),
+                    Listener("pb", "tcp6:8787", "tcp6:8787"),
                 ],
             },
         )
@@ -90,6 +99,7 @@ class OptionsTests(SynchronousTestCase):
             ("--stop-signal", "NOPE"): "--stop-signal: unknown signal 'NOPE'",
             ("--stop-signal", "STOP"): "--stop-signal: SIGSTOP cannot be caught",
             ("--random", "ssl:1234:privateKey=/nonexistent.pem"): "--random ssl:1234",
+            ("--pb-users", "/nonexistent/users"): "--pb-users /nonexistent/users: no such file or directory",
         }
         for args, message in cases.items():
             e = self.assertRaises(usage.UsageError, parse, *args)
@@ -100,7 +110,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_tree(self):
         reactor = MemoryReactor()
         top = makeService(
-            parse("--tcp", "1", "--udp", "2", "--unix", "/tmp/s", "--random", "3"), reactor
+            parse("--tcp", "1", "--udp", "2", "--unix", "/tmp/s", "--random", "3", "--pb", "4"), reactor
         )
         children = list(top)
         self.assertEqual(
@@ -110,9 +120,12 @@ class MakeServiceTests(SynchronousTestCase):
                 (DatagramListenerService, "--udp 2"),
                 (StreamListenerService, "--unix /tmp/s"),
                 (StreamListenerService, "--random 3"),
+                (StreamListenerService, "--pb 4"),
             ],
         )
-        tcp, udp, unix, rnd = children
+        tcp, udp, unix, rnd, pb = children
+        self.assertEqual(pb.endpoint._interface, "127.0.0.1")
+        self.assertIsInstance(pb.factory, PBServerFactory)
         self.assertIsInstance(tcp, internet.StreamServerEndpointService)
         self.assertIsInstance(unix.endpoint, endpoints.UNIXServerEndpoint)
         self.assertEqual(unix.endpoint._mode, 0o660)

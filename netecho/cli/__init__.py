@@ -10,7 +10,7 @@ import os
 import sys
 
 from netecho import __version__
-from netecho.cli import stream, udp
+from netecho.cli import rpc, stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     stream.register(sub)
     udp.register(sub)
+    rpc.register(sub)
     return parser
 
 
@@ -44,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     _ensure_standard_fds()
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # parse_known_args: a subcommand may take words that follow its options
+    # (netecho rpc HOST:PORT --user u add 1 2); the others refuse extras.
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra:
+        take_extra = getattr(args, "take_extra", None)
+        if take_extra is None:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        take_extra(args, extra, parser)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
