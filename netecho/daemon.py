@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 from twisted.application import service
 from twisted.internet.error import ReactorNotRunning

@@ -129,11 +129,14 @@ class EchoAvatar(pb.Avatar):
         from netecho import lookup
         from netecho.errors import UserError
 
+        lookups = self.service.stats.lookups
         try:
-            answers = await lookup.lookup(self.service.reactor, name, rrtype)
+            answers = await lookup.lookup(self.service.reactor, name, rrtype, self.service.lookup_servers)
         except UserError as e:
+            lookups["error"] = lookups.get("error", 0) + 1
             raise pb.Error(str(e)) from None
-        return [a.as_dict() for a in answers]
+        lookups["ok"] = lookups.get("ok", 0) + 1
+        return [a.as_json() for a in answers]
 
     def perspective_lookup(self, *args: Any):
         if not 1 <= len(args) <= 2 or not all(isinstance(a, str) for a in args):
@@ -276,11 +279,14 @@ class RPCService:
         users: dict[bytes, bytes] | None = None,
         login_timeout: float = LOGIN_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        lookup_servers: list[tuple[str, int]] | None = None,
     ) -> None:
         self.reactor = reactor
         self.stats = stats
         self.stop_daemon = stop_daemon
         self.login_timeout = login_timeout
+        #: DNS servers for lookup() calls; None: the system's resolver.
+        self.lookup_servers = lookup_servers
         checker_list: list = [checkers.AllowAnonymousAccess()]
         if users:
             checker_list.append(checkers.InMemoryUsernamePasswordDatabaseDontUse(**{

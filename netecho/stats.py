@@ -30,6 +30,8 @@ class Stats:
         self.rpc_calls = 0
         #: RPC calls by method name.
         self.rpc_by_method: dict[str, int] = {}
+        #: lookup() calls served by the daemon, by outcome (ok, error).
+        self.lookups: dict[str, int] = {}
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
@@ -70,6 +72,7 @@ class Stats:
             "datagrams_echoed": self.datagrams_echoed,
             "rpc_calls": self.rpc_calls,
             "rpc_calls_by_method": dict(self.rpc_by_method),
+            "lookups": dict(self.lookups),
             "dropped": dict(self.dropped),
             "uptime_s": round(self.uptime(), 3),
         }

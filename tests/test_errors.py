@@ -1,6 +1,6 @@
 import errno
 
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.trial.unittest import SynchronousTestCase
 
 from netecho.errors import dial_error, io_error

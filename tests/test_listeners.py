@@ -5,7 +5,6 @@ import socket
 import tempfile
 
 from twisted.internet import defer, reactor
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netecho import listeners
@@ -54,7 +53,7 @@ class RealListenerTests(TestCase):
         echo = EchoFactory(self.stats)
         tcp = self.add(StreamListenerService(
             reactor, stream_listener("tcp", "tcp:0:interface=127.0.0.1"), echo, self.own_ports))
-        unix = self.add(StreamListenerService(reactor, unix_listener(path, 0o600), echo, self.own_ports))
+        self.add(StreamListenerService(reactor, unix_listener(path, 0o600), echo, self.own_ports))
         udp = self.add(DatagramListenerService(
             reactor, udp_listener("127.0.0.1:0"), DatagramEcho(self.stats, self.own_ports), self.own_ports))
         self.top.privilegedStartService()

@@ -10,7 +10,7 @@ import os
 import sys
 
 from netecho import __version__
-from netecho.cli import rpc, stream, udp
+from netecho.cli import lookup, rpc, stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.register(sub)
     udp.register(sub)
     rpc.register(sub)
+    lookup.register(sub)
     return parser
 
 

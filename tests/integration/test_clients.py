@@ -11,7 +11,6 @@ import pty
 import select
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading

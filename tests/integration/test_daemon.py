@@ -12,7 +12,6 @@ import stat
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import TestCase
 

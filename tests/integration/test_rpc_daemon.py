@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import tempfile
-import time
 
 from twisted.trial.unittest import TestCase
 
@@ -58,6 +57,16 @@ class RPCDaemonTests(TestCase):
             counters["rpc_calls_by_method"], {"add": 1, "subtract": 1, "echo": 1, "stats": 1}
         )
         self.assertEqual(counters["pb"], 4)
+
+    def test_lookup_on_the_server(self):
+        """lookup() resolves on the server: 'localhost' from its hosts file."""
+        out = self.rpc("lookup", "localhost", "A")
+        self.assertEqual((out.returncode, out.stdout, out.stderr), (0, b"127.0.0.1\n", b""))
+        out = self.rpc("lookup", "bad..name")
+        self.assertEqual(out.returncode, 100)
+        self.assertTrue(out.stderr.startswith(b"rpc lookup: lookup bad..name: "), out.stderr)
+        counters = json.loads(self.rpc("stats").stdout)
+        self.assertEqual(counters["lookups"], {"ok": 1, "error": 1})
 
     def test_anonymous_quit_refused(self):
         out = self.rpc("quit")
