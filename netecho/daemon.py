@@ -9,6 +9,7 @@ import os
 import signal
 
 from twisted.application import service
+from twisted.internet import task
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
@@ -53,6 +54,8 @@ class NetechoService(service.MultiService):
         self.exit_on_stop = exit_on_stop
         self.stop_signal = stop_signal
         self._stopping = False
+        self._notifier: task.LoopingCall | None = None
+        self._watchdog = False
 
     def privilegedStartService(self) -> None:
         started = []
@@ -77,8 +80,29 @@ class NetechoService(service.MultiService):
         self.reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
 
     def _ready(self) -> None:
-        log.info("netecho ready: {listeners}", listeners=", ".join(c.name for c in self))
-        sd_notify("READY=1")
+        listeners = [c.name for c in self if hasattr(c, "listener")]
+        log.info("netecho ready: {listeners}", listeners=", ".join(listeners))
+        if sd_notify("READY=1\n" + self._status()):
+            self._notifier = task.LoopingCall(self._notify)
+            self._notifier.clock = self.reactor
+            self._notifier.start(self._notify_interval(), now=False)
+
+    def _status(self) -> str:
+        return "STATUS=" + self.stats.summary().removeprefix("summary: ")
+
+    def _notify_interval(self) -> float:
+        # Half the watchdog period when systemd asks for one (WATCHDOG_USEC),
+        # else a STATUS= refresh every 10 s for 'systemctl status'.
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", str(os.getpid()))
+        if usec.isdigit() and int(usec) > 0 and pid == str(os.getpid()):
+            self._watchdog = True
+            return min(int(usec) / 2e6, 10.0)
+        self._watchdog = False
+        return 10.0
+
+    def _notify(self) -> None:
+        sd_notify(("WATCHDOG=1\n" if self._watchdog else "") + self._status())
 
     def _install_signals(self) -> None:
         reactor = self.reactor
@@ -119,6 +143,8 @@ class NetechoService(service.MultiService):
             pass  # already stopping (SIGTERM at the same moment)
 
     def stopService(self):
+        if self._notifier is not None and self._notifier.running:
+            self._notifier.stop()
         d = super().stopService()
         log.info("{summary}", summary=self.stats.summary())
         if self.stats.dropped:

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from netecho.address import join_host_port, unmap
 from netecho.echo import escape
+from netecho.limits import TokenBuckets, source_prefix
 from netecho.stats import Stats
 from netecho.throttle import ThrottledLog
 
@@ -35,7 +36,8 @@ class DatagramEcho(protocol.DatagramProtocol):
     Echoes every datagram whole to its sender, except to sources that could
     turn the echo into a loop or a reflection attack: privileged source ports
     (below 1024), our own service ports, our own socket, and multicast or
-    broadcast sources. Every drop is counted.
+    broadcast sources; and beyond the per-source-network and global rates
+    (token buckets, when given). Every drop is counted.
 
     @ivar own_ports: the ports of every netecho listener (shared set, filled
         in as listeners bind).
@@ -51,8 +53,12 @@ class DatagramEcho(protocol.DatagramProtocol):
         stop_word: bytes = b"STOP",
         on_stop_word: Callable[[], None] | None = None,
         log_data: bool = False,
+        rate: TokenBuckets | None = None,
+        global_rate: TokenBuckets | None = None,
     ) -> None:
         self.stats = stats
+        self.rate = rate
+        self.global_rate = global_rate
         self.own_ports = own_ports
         self.stop_word = stop_word
         self.on_stop_word = on_stop_word
@@ -83,6 +89,10 @@ class DatagramEcho(protocol.DatagramProtocol):
             return self._refuse("udp_group_source", unmap(host), port)
         if (unmap(host), port) == self._own:
             return self._refuse("udp_own_address", unmap(host), port)
+        if self.rate is not None and not self.rate.take(source_prefix(host)):
+            return self._refuse("udp_rate_limited", unmap(host), port)
+        if self.global_rate is not None and not self.global_rate.take(None):
+            return self._refuse("udp_global_rate_limited", unmap(host), port)
         try:
             self.transport.write(data, addr)
         except (OSError, error.MessageLengthError) as e:

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from netecho.address import describe
+from netecho.limits import Guard
 from netecho.stats import Stats
 from netecho.stopword import StopWordScanner
 
@@ -42,12 +43,25 @@ class StreamFactory(protocol.Factory):
         on_stop_word: Callable[[], None] | None = None,
         log_data: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        guard: Guard | None = None,
     ) -> None:
         self.stats = stats
         self.stop_word = stop_word
         self.on_stop_word = on_stop_word
         self.log_data = log_data
         self.clock = clock
+        self.guard = guard
+
+    def buildProtocol(self, addr):
+        key = None
+        if self.guard is not None:
+            accepted, key = self.guard.admit(addr)
+            if not accepted:
+                return None  # Twisted closes the connection
+        session = self.protocol()
+        session.factory = self
+        session._limit_key = key
+        return session
 
     def doStart(self) -> None:
         # Twisted logs "Starting factory ..." at every listener start: noise.
@@ -71,6 +85,7 @@ class StreamSession(protocol.Protocol):
     sent = 0
     _stopped_by_word = False
     _closing = False
+    _limit_key = None
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -87,6 +102,9 @@ class StreamSession(protocol.Protocol):
             stats.unix += 1
         else:
             stats.tcp += 1
+        self.label = "random" if factory.service == "random" else self.kind
+        if factory.guard is not None:
+            factory.guard.opened(self, self.label)
         self._scanner = StopWordScanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
 
@@ -124,6 +142,10 @@ class StreamSession(protocol.Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         factory = self.factory
+        if factory.guard is not None:
+            factory.guard.closed(self, self.label, self._limit_key)
+        closed = self._stats.closed_bytes
+        closed[self.label] = closed.get(self.label, 0) + self.sent
         self.log.info(
             "{service} {kind} {peer} closed after {duration:.3f}s: "
             "{received} bytes in, {sent} bytes out{why}",

@@ -1,10 +1,17 @@
-"""Abuse limits shared by the services: per-source token buckets in a bounded table."""
+"""Abuse limits shared by the services: connection caps, idle timeout, token buckets."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Callable, Hashable
+
+from twisted.application import service
+from twisted.internet import task
+
+from netecho.address import unmap
 
 
 class TokenBuckets:
@@ -52,3 +59,167 @@ class TokenBuckets:
         if len(table) > self.size:
             table.popitem(last=False)
         return ok
+
+
+def source_key(addr: object) -> str | None:
+    """The per-source key of a peer address: its IP (IPv4-mapped unmapped); None for Unix peers."""
+    host = getattr(addr, "host", None)
+    if host is None:
+        return None
+    return unmap(host)
+
+
+@lru_cache(maxsize=4096)
+def source_prefix(host: str) -> str:
+    """
+    The network a UDP source is rate-limited by: its /24 (IPv4) or /56
+    (IPv6), as NSD does, so one host cannot dodge the limit by hopping
+    addresses within its own network.
+    """
+    host = unmap(host)
+    if ":" in host:
+        try:
+            return str(ipaddress.ip_network(f"{host}/56", strict=False))
+        except ValueError:
+            return host
+    return host.rpartition(".")[0]
+
+
+class ConnectionLimits:
+    """
+    The daemon-wide caps on stream connections: C{total} at once, and
+    C{per_source} from one IP address (Twisted's LimitConnectionsByPeer is
+    broken in 26.10, TRAPS.md). Zero disables a cap.
+    """
+
+    def __init__(self, total: int = 10000, per_source: int = 1000) -> None:
+        self.total = total
+        self.per_source = per_source
+        self.active = 0
+        self._by_source: dict[str, int] = {}
+
+    def admit(self, addr: object) -> tuple[str | None, str | None]:
+        """
+        Count a new connection from C{addr} if the caps allow it.
+
+        @return: (refusal reason or None, the key to L{release} later).
+        """
+        if self.total and self.active >= self.total:
+            return "max_connections", None
+        key = source_key(addr)
+        if key is not None:
+            count = self._by_source.get(key, 0)
+            if self.per_source and count >= self.per_source:
+                return "max_per_ip", None
+            self._by_source[key] = count + 1
+        self.active += 1
+        return None, key
+
+    def release(self, key: str | None) -> None:
+        """Forget one connection admitted with C{key}."""
+        self.active -= 1
+        if key is not None:
+            count = self._by_source[key] - 1
+            if count:
+                self._by_source[key] = count
+            else:
+                del self._by_source[key]
+
+
+class IdleSweeper(service.Service):
+    """
+    Aborts stream connections that made no progress (received nothing) for
+    C{timeout} seconds: idle peers, and peers that stopped reading (their
+    connection is paused, so nothing more is received). Aborting, not
+    closing: a close would wait for a write buffer that never drains.
+    One periodic sweep instead of a timer reset per chunk keeps the echo
+    path free of timer work; a connection goes within C{timeout} + 10%.
+    """
+
+    def __init__(self, reactor, timeout: float, on_abort: Callable[[object], None] | None = None) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.interval = max(timeout / 10, 0.05)
+        self.on_abort = on_abort
+        self.sessions: dict = {}
+        self._loop: task.LoopingCall | None = None
+
+    def track(self, session) -> None:
+        """Watch C{session} (it has C{received} and C{transport})."""
+        self.sessions[session] = (-1, 0.0)
+
+    def untrack(self, session) -> None:
+        self.sessions.pop(session, None)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.timeout > 0:
+            self._loop = task.LoopingCall(self.sweep)
+            self._loop.clock = self.reactor
+            self._loop.start(self.interval, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def sweep(self) -> None:
+        """One pass: age every connection that made no progress."""
+        interval = self.interval
+        sessions = self.sessions
+        for session, (seen, idle) in list(sessions.items()):
+            received = session.received
+            if received != seen:
+                sessions[session] = (received, 0.0)
+                continue
+            idle += interval
+            if idle >= self.timeout:
+                del sessions[session]
+                if self.on_abort is not None:
+                    self.on_abort(session)
+                session.transport.abortConnection()
+            else:
+                sessions[session] = (seen, idle)
+
+
+class Guard:
+    """
+    The limits every stream listener shares: connection caps, the idle
+    sweep, and the counting and (rate-limited) logging of each refusal.
+    Sessions call L{opened} and L{closed}; factories call L{admit}.
+    """
+
+    def __init__(self, stats, limits: ConnectionLimits, sweeper: IdleSweeper, log) -> None:
+        from netecho.throttle import ThrottledLog
+
+        self.stats = stats
+        self.limits = limits
+        self.sweeper = sweeper
+        self.throttled = ThrottledLog(log)
+        sweeper.on_abort = lambda session: self.refuse("idle_timeout", getattr(session, "peer", "?"))
+
+    def admit(self, addr) -> tuple[bool, str | None]:
+        """(whether to accept a connection from C{addr}, the key for L{closed})."""
+        refusal, key = self.limits.admit(addr)
+        if refusal is not None:
+            from netecho.address import describe
+
+            self.refuse(refusal, describe(addr))
+            return False, None
+        return True, key
+
+    def refuse(self, reason: str, peer: str) -> None:
+        """Count and log one refused or aborted connection."""
+        self.stats.drop(reason)
+        self.throttled.warn(reason, "limit: {peer} cut off: {why}", peer=peer, why=reason.replace("_", " "))
+
+    def opened(self, session, label: str) -> None:
+        stats = self.stats
+        stats.opened[label] = stats.opened.get(label, 0) + 1
+        stats.active[label] = stats.active.get(label, 0) + 1
+        self.sweeper.track(session)
+
+    def closed(self, session, label: str, key: str | None) -> None:
+        self.stats.active[label] -= 1
+        self.limits.release(key)
+        self.sweeper.untrack(session)

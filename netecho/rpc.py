@@ -18,7 +18,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from netecho.address import describe, unmap
-from netecho.limits import TokenBuckets
+from netecho.limits import Guard, TokenBuckets
 from netecho.stats import Stats
 from netecho.throttle import ThrottledLog
 
@@ -104,10 +104,33 @@ class EchoAvatar(pb.Avatar):
     def perspectiveMessageReceived(self, broker, message, args, kw):
         stats = self.service.stats
         stats.rpc_calls += 1
-        name = message.decode() if isinstance(message, bytes) else message
+        name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        if not hasattr(self, "perspective_" + name):
+            name = "unknown"  # keeps the metric's label set bounded
         by_method = stats.rpc_by_method
         by_method[name] = by_method.get(name, 0) + 1
-        return super().perspectiveMessageReceived(broker, message, args, kw)
+
+        def count(outcome):
+            key = (name, outcome)
+            stats.rpc_outcomes[key] = stats.rpc_outcomes.get(key, 0) + 1
+
+        try:
+            result = super().perspectiveMessageReceived(broker, message, args, kw)
+        except Exception:
+            count("error")
+            raise
+        if isinstance(result, defer.Deferred):
+            def ok(value):
+                count("ok")
+                return value
+
+            def failed(reason):
+                count("error")
+                return reason
+
+            return result.addCallbacks(ok, failed)
+        count("ok")
+        return result
 
     def perspective_add(self, *args: Any) -> int:
         a1, a2, s1, s2 = myints(args)
@@ -186,12 +209,17 @@ class GuardedBroker(pb.Broker):
     authenticated = False
     _pending = 0
     _received = 0
+    #: All bytes received: the idle sweep watches it.
+    received = 0
+    _limit_key = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         service = self.factory.service
         service.stats.pb += 1
         self.peer = describe(self.transport.getPeer())
+        if service.guard is not None:
+            service.guard.opened(self, "pb")
         self._deadline = service.reactor.callLater(service.login_timeout, self._refuse, "no login in time")
 
     def _refuse(self, why: str) -> None:
@@ -199,6 +227,7 @@ class GuardedBroker(pb.Broker):
         self.transport.abortConnection()
 
     def dataReceived(self, chunk: bytes) -> None:
+        self.received += len(chunk)
         self._pending += len(chunk)
         if not self.authenticated:
             self._received += len(chunk)
@@ -225,7 +254,31 @@ class GuardedBroker(pb.Broker):
     def connectionLost(self, reason) -> None:
         if self._deadline.active():
             self._deadline.cancel()
+        guard = self.factory.service.guard
+        if guard is not None:
+            guard.closed(self, "pb", self._limit_key)
         super().connectionLost(reason)
+
+
+class GuardedPBFactory(pb.PBServerFactory):
+    """A PB server factory whose brokers count against the daemon's connection caps."""
+
+    protocol = GuardedBroker
+    noisy = False
+
+    def __init__(self, service: "RPCService") -> None:
+        super().__init__(_Root(service))
+        self.service = service
+
+    def buildProtocol(self, addr):
+        key = None
+        if self.service.guard is not None:
+            accepted, key = self.service.guard.admit(addr)
+            if not accepted:
+                return None
+        broker = super().buildProtocol(addr)
+        broker._limit_key = key
+        return broker
 
 
 class _BrokerPortal:
@@ -280,6 +333,7 @@ class RPCService:
         login_timeout: float = LOGIN_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         lookup_servers: list[tuple[str, int]] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.reactor = reactor
         self.stats = stats
@@ -287,6 +341,7 @@ class RPCService:
         self.login_timeout = login_timeout
         #: DNS servers for lookup() calls; None: the system's resolver.
         self.lookup_servers = lookup_servers
+        self.guard = guard
         checker_list: list = [checkers.AllowAnonymousAccess()]
         if users:
             checker_list.append(checkers.InMemoryUsernamePasswordDatabaseDontUse(**{
@@ -303,8 +358,4 @@ class RPCService:
 
     def factory(self) -> pb.PBServerFactory:
         """A server factory for one PB listener."""
-        factory = pb.PBServerFactory(_Root(self))
-        factory.protocol = GuardedBroker
-        factory.service = self
-        factory.noisy = False
-        return factory
+        return GuardedPBFactory(self)

@@ -30,8 +30,16 @@ class Stats:
         self.rpc_calls = 0
         #: RPC calls by method name.
         self.rpc_by_method: dict[str, int] = {}
+        #: RPC calls by (method, outcome), outcome being ok or error.
+        self.rpc_outcomes: dict[tuple[str, str], int] = {}
         #: lookup() calls served by the daemon, by outcome (ok, error).
         self.lookups: dict[str, int] = {}
+        #: Stream connections accepted and open now, by service label
+        #: (tcp, unix, random, pb).
+        self.opened: dict[str, int] = {}
+        self.active: dict[str, int] = {}
+        #: Bytes echoed by connections that have closed, by label.
+        self.closed_bytes: dict[str, int] = {}
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()

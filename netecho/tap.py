@@ -18,6 +18,8 @@ from netecho.listeners import (
     udp_listener,
     unix_listener,
 )
+from netecho.limits import ConnectionLimits, Guard, IdleSweeper, TokenBuckets
+from netecho.metrics import metrics_site
 from netecho.randomnum import RandomNumberFactory
 from netecho.rpc import RPCService, UsersFileError, load_users, readable_by_others
 from netecho.stats import Stats
@@ -25,7 +27,7 @@ from netecho.stats import Stats
 log = Logger()
 
 DEFAULT_LISTENERS = {"tcp": ["1234"], "udp": ["1234"], "pb": ["8787"]}
-LISTENER_OPTIONS = ("tcp", "udp", "unix", "random", "pb")
+LISTENER_OPTIONS = ("tcp", "udp", "unix", "random", "pb", "metrics")
 
 
 def _signal_number(value: str) -> int:
@@ -39,6 +41,23 @@ def _signal_number(value: str) -> int:
     if number in (signal.SIGKILL, signal.SIGSTOP):
         raise usage.UsageError(f"--stop-signal: {name} cannot be caught")
     return int(number)
+
+
+def _nonnegative(name: str, cast: type):
+    """A coerce function naming its option, as Twisted's own message does not."""
+
+    def coerce(value: str):
+        try:
+            number = cast(value)
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            raise ValueError(f"--{name}: {value!r} is not {kind}") from None
+        if number < 0:
+            raise ValueError(f"--{name}: must be 0 or more, got {value}")
+        return number
+
+    coerce.coerceDoc = ""
+    return coerce
 
 
 def _mode(value: str) -> int:
@@ -82,6 +101,17 @@ class Options(usage.Options):
         ["pb-users", None, None, "A file of user:password lines: these users may log in "
          "to PB and call quit(); anonymous logins may not. Keep it mode 0600. "
          "Example: --pb-users /etc/netecho/users."],
+        ["idle-timeout", None, 300.0, "Seconds a stream connection may make no progress "
+         "(idle, or its peer stopped reading) before it is aborted; 0 disables. "
+         "Example: --idle-timeout 60.", _nonnegative("idle-timeout", float)],
+        ["max-connections", None, 10000, "Stream connections open at once (TCP, Unix, PB); "
+         "more are refused and counted; 0: no cap.", _nonnegative("max-connections", int)],
+        ["max-per-ip", None, 1000, "Stream connections open at once from one IP address; "
+         "0: no cap.", _nonnegative("max-per-ip", int)],
+        ["udp-rate", None, 1000.0, "UDP datagrams a second answered per source network "
+         "(/24 for IPv4, /56 for IPv6), with a burst as large; 0: no limit.", _nonnegative("udp-rate", float)],
+        ["udp-global-rate", None, 100000.0, "UDP datagrams a second answered in all; "
+         "0: no limit.", _nonnegative("udp-global-rate", float)],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
          "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
     ]
@@ -111,13 +141,17 @@ class Options(usage.Options):
         """Perspective Broker RPC on PORT (loopback only: PB is not made for untrusted networks) or an ENDPOINT (e.g. ssl:8787:..., tcp6:8787, unix:/run/netecho/pb.sock). Example: --pb 8787"""
         self["pb"].append(value)
 
+    def opt_metrics(self, value: str) -> None:
+        """Prometheus text exposition at /metrics on PORT (loopback only) or an ENDPOINT. Example: --metrics 9101"""
+        self["metrics"].append(value)
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"netecho {__version__}")
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        if not any(self[name] for name in LISTENER_OPTIONS):
+        if not any(self[name] for name in LISTENER_OPTIONS if name != "metrics"):
             for name, values in DEFAULT_LISTENERS.items():
                 self[name] = list(values)
         self["stop-word"] = self["stop-word"].strip()
@@ -131,7 +165,9 @@ class Options(usage.Options):
                     elif name == "unix":
                         listeners.append(unix_listener(value, self["unix-mode"]))
                     else:
-                        listeners.append(stream_listener(name, value, loopback_only=name == "pb"))
+                        listeners.append(
+                            stream_listener(name, value, loopback_only=name in ("pb", "metrics"))
+                        )
                 except ValueError as e:
                     raise usage.UsageError(f"--{name} {value}: {e}") from None
         self["listeners"] = listeners
@@ -154,25 +190,38 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         exit_on_stop=config["exit-on-stop"],
         stop_signal=config["stop-signal"],
     )
+    sweeper = IdleSweeper(reactor, config["idle-timeout"])
+    sweeper.setServiceParent(top)
+    guard = Guard(
+        stats, ConnectionLimits(config["max-connections"], config["max-per-ip"]), sweeper, log
+    )
+    rate = config["udp-rate"]
+    global_rate = config["udp-global-rate"]
     own_ports: set[int] = set()
     stop_word = config["stop-word"].encode("utf-8")
     on_stop = top.stop_word_heard if config["exit-on-stop"] else None
     common = dict(stop_word=stop_word, on_stop_word=on_stop, log_data=config["log-data"])
-    echo = EchoFactory(stats, **common)
-    rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"])
+    echo = EchoFactory(stats, guard=guard, **common)
+    rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"], guard=guard)
     if config["pb-users"] is not None and readable_by_others(config["pb-users"]):
         log.warn("--pb-users {path} is readable by others: chmod 600 it", path=config["pb-users"])
     for listener in config["listeners"]:
         if listener.option == "udp":
-            proto = DatagramEcho(stats, own_ports, **common)
+            proto = DatagramEcho(
+                stats, own_ports, **common,
+                rate=TokenBuckets(rate, max(rate, 1)) if rate else None,
+                global_rate=TokenBuckets(global_rate, max(global_rate, 1), size=1) if global_rate else None,
+            )
             child = DatagramListenerService(reactor, listener, proto, own_ports)
         elif listener.option in ("tcp", "unix"):
             child = StreamListenerService(reactor, listener, echo, own_ports)
         elif listener.option == "pb":
             child = StreamListenerService(reactor, listener, rpc.factory(), own_ports)
+        elif listener.option == "metrics":
+            child = StreamListenerService(reactor, listener, metrics_site(stats, sweeper), own_ports)
         else:
             child = StreamListenerService(
-                reactor, listener, RandomNumberFactory(stats, **common), own_ports
+                reactor, listener, RandomNumberFactory(stats, guard=guard, **common), own_ports
             )
         child.setServiceParent(top)
     return top

@@ -8,6 +8,7 @@ from twisted.spread.pb import PBServerFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from netecho.address import ipv6_available
+from netecho.limits import IdleSweeper
 from netecho.listeners import DatagramListenerService, Listener, StreamListenerService
 from netecho.tap import Options, makeService
 
@@ -31,8 +32,14 @@ class OptionsTests(SynchronousTestCase):
                 "unix": [],
                 "random": [],
                 "pb": ["8787"],
+                "metrics": [],
                 "pb-users": None,
                 "users": None,
+                "idle-timeout": 300.0,
+                "max-connections": 10000,
+                "max-per-ip": 1000,
+                "udp-rate": 1000.0,
+                "udp-global-rate": 100000.0,
                 "unix-mode": 0o660,
                 "stop-word": "STOP",
                 "stop-signal": None,
@@ -51,7 +58,9 @@ class OptionsTests(SynchronousTestCase):
             "--tcp", "7", "--tcp", "tcp:7000:interface=127.0.0.1", "--udp", "[::1]:7",
             "--unix", "/run/e.sock", "--unix", "unix:/tmp/x.sock", "--random", "0",
             "--unix-mode", "0600", "--stop-word", " QUIT ", "--stop-signal", "usr1",
-            "--exit-on-stop", "--log-data", "--pb", "tcp6:8787",
+            "--exit-on-stop", "--log-data", "--pb", "tcp6:8787", "--metrics", "9101",
+            "--idle-timeout", "2.5", "--max-connections", "10", "--max-per-ip", "3",
+            "--udp-rate", "0", "--udp-global-rate", "5",
         )
         self.assertEqual(
             dict(options),
@@ -61,8 +70,14 @@ class OptionsTests(SynchronousTestCase):
                 "unix": ["/run/e.sock", "unix:/tmp/x.sock"],
                 "random": ["0"],
                 "pb": ["tcp6:8787"],
+                "metrics": ["9101"],
                 "pb-users": None,
                 "users": None,
+                "idle-timeout": 2.5,
+                "max-connections": 10,
+                "max-per-ip": 3,
+                "udp-rate": 0.0,
+                "udp-global-rate": 5.0,
                 "unix-mode": 0o600,
                 "stop-word": "QUIT",
                 "stop-signal": signal.SIGUSR1,
@@ -76,6 +91,7 @@ class OptionsTests(SynchronousTestCase):
                     Listener("unix", "unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600"),
                     Listener("random", "0", BARE.format(0)),
                     Listener("pb", "tcp6:8787", "tcp6:8787"),
+                    Listener("metrics", "9101", "tcp:9101:interface=127.0.0.1"),
                 ],
             },
         )
@@ -99,6 +115,8 @@ class OptionsTests(SynchronousTestCase):
             ("--stop-signal", "NOPE"): "--stop-signal: unknown signal 'NOPE'",
             ("--stop-signal", "STOP"): "--stop-signal: SIGSTOP cannot be caught",
             ("--random", "ssl:1234:privateKey=/nonexistent.pem"): "--random ssl:1234",
+            ("--idle-timeout", "-1"): "--idle-timeout: must be 0 or more, got -1",
+            ("--max-per-ip", "x"): "--max-per-ip: 'x' is not a whole number",
             ("--pb-users", "/nonexistent/users"): "--pb-users /nonexistent/users: no such file or directory",
         }
         for args, message in cases.items():
@@ -112,7 +130,9 @@ class MakeServiceTests(SynchronousTestCase):
         top = makeService(
             parse("--tcp", "1", "--udp", "2", "--unix", "/tmp/s", "--random", "3", "--pb", "4"), reactor
         )
-        children = list(top)
+        sweeper, *children = list(top)
+        self.assertIsInstance(sweeper, IdleSweeper)
+        self.assertEqual(sweeper.timeout, 300.0)
         self.assertEqual(
             [(type(c), c.name) for c in children],
             [
@@ -144,6 +164,6 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_exit_on_stop_wires_the_stop(self):
         top = makeService(parse("--tcp", "1", "--exit-on-stop"), MemoryReactor())
-        (tcp,) = top
+        _, tcp = top
         self.assertEqual(tcp.factory.on_stop_word, top.stop_word_heard)
         self.assertEqual(tcp.factory.stop_word, b"STOP")
