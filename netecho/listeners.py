@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from twisted.application import internet, service
-from twisted.internet import endpoints, error, fdesc, interfaces
+from twisted.internet import defer, endpoints, error, fdesc, interfaces, tcp, unix
 from twisted.logger import Logger
 
 from netecho.address import ipv6_available, join_host_port, parse_port, split_host_port, unmap
@@ -140,6 +140,45 @@ def _bound(label: str, port: object, own_ports: set[int]) -> None:
     log.info("{label}: listening on {where}", label=label, where=where)
 
 
+class _InheritedUNIXPort(unix.Port):
+    """
+    A Unix listening socket inherited from systemd. Its file belongs to
+    systemd (which set its owner and mode and removes it itself): unlike
+    Twisted's adopted port, never chmod it (a DynamicUser daemon may not)
+    and never unlink it on stop (the next activation needs it).
+    """
+
+    def startListening(self) -> None:
+        self.factory.doStart()
+        skt, self._preexistingSocket = self._preexistingSocket, None
+        self.connected = True
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason) -> None:
+        tcp.Port.connectionLost(self, reason)
+
+
+class _InheritedUNIXEndpoint:
+    """Listens on an inherited Unix socket through L{_InheritedUNIXPort}."""
+
+    def __init__(self, reactor, fileno: int) -> None:
+        self.reactor = reactor
+        self.fileno = fileno
+
+    def listen(self, factory):
+        try:
+            fdesc.setNonBlocking(self.fileno)
+            port = _InheritedUNIXPort._fromListeningDescriptor(self.reactor, self.fileno, factory)
+            port.startListening()
+            os.close(self.fileno)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(port)
+
+
 class StreamListenerService(internet.StreamServerEndpointService):
     """
     A stream listener that fails fast (like C{strports.service}) with a
@@ -147,7 +186,13 @@ class StreamListenerService(internet.StreamServerEndpointService):
     """
 
     def __init__(self, reactor, listener: Listener, factory, own_ports: set[int]) -> None:
-        super().__init__(endpoints.serverFromString(reactor, listener.description), factory)
+        endpoint = endpoints.serverFromString(reactor, listener.description)
+        if (
+            isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
+            and endpoint.addressFamily == socket.AF_UNIX
+        ):
+            endpoint = _InheritedUNIXEndpoint(reactor, endpoint.fileno)
+        super().__init__(endpoint, factory)
         self._raiseSynchronously = True
         self.listener = listener
         self.own_ports = own_ports
