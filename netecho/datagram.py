@@ -5,12 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
-from twisted.internet import error, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 
 from netecho.address import join_host_port, unmap
 from netecho.echo import escape
-from netecho.limits import TokenBuckets, source_prefix
+from netecho.limits import RateWindow, source_prefix
 from netecho.stats import Stats
 from netecho.throttle import ThrottledLog
 
@@ -20,6 +20,15 @@ MAX_DATAGRAM = 65536
 
 
 @lru_cache(maxsize=4096)
+def source_network(host: str) -> str | None:
+    """
+    The network a source is rate-limited by (see L{source_prefix}), or None
+    for a multicast or broadcast source, which never gets a reply. One cached
+    call per datagram does both.
+    """
+    return None if is_group_address(host) else source_prefix(host)
+
+
 def is_group_address(host: str) -> bool:
     """True for multicast and limited-broadcast sources, which get no reply."""
     host = unmap(host)
@@ -53,8 +62,8 @@ class DatagramEcho(protocol.DatagramProtocol):
         stop_word: bytes = b"STOP",
         on_stop_word: Callable[[], None] | None = None,
         log_data: bool = False,
-        rate: TokenBuckets | None = None,
-        global_rate: TokenBuckets | None = None,
+        rate: RateWindow | None = None,
+        global_rate: RateWindow | None = None,
     ) -> None:
         self.stats = stats
         self.rate = rate
@@ -64,45 +73,49 @@ class DatagramEcho(protocol.DatagramProtocol):
         self.on_stop_word = on_stop_word
         self.log_data = log_data
         self.throttled = ThrottledLog(self.log)
-        self._own: tuple[str, int] | None = None
+        self._own: tuple[str, int] = ("", -1)
 
     def startProtocol(self) -> None:
         host = self.transport.getHost()
         self._own = (unmap(host.host), host.port)
+        # Replies go straight to sendto(): the address came from recvfrom(),
+        # so Port.write()'s address checks are work for nothing.
+        self._sendto = self.transport.socket.sendto
 
     def _refuse(self, reason: str, host: str, port: int) -> None:
         self.stats.drop(reason)
         self.throttled.warn(
             reason,
             "udp: no reply to {peer} ({why})",
-            peer=join_host_port(host, port),
+            peer=join_host_port(unmap(host), port),
             why=reason.removeprefix("udp_").replace("_", " "),
         )
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
         host, port = addr[0], addr[1]
         if port < 1024:
-            return self._refuse("udp_privileged_source_port", unmap(host), port)
+            return self._refuse("udp_privileged_source_port", host, port)
         if port in self.own_ports:
-            return self._refuse("udp_own_service_port", unmap(host), port)
-        if is_group_address(host):
-            return self._refuse("udp_group_source", unmap(host), port)
-        if (unmap(host), port) == self._own:
-            return self._refuse("udp_own_address", unmap(host), port)
-        if self.rate is not None and not self.rate.take(source_prefix(host)):
-            return self._refuse("udp_rate_limited", unmap(host), port)
-        if self.global_rate is not None and not self.global_rate.take(None):
-            return self._refuse("udp_global_rate_limited", unmap(host), port)
+            return self._refuse("udp_own_service_port", host, port)
+        network = source_network(host)
+        if network is None:
+            return self._refuse("udp_group_source", host, port)
+        if port == self._own[1] and unmap(host) == self._own[0]:
+            return self._refuse("udp_own_address", host, port)
+        if self.rate is not None and not self.rate.allow(network):
+            return self._refuse("udp_rate_limited", host, port)
+        if self.global_rate is not None and not self.global_rate.allow(None):
+            return self._refuse("udp_global_rate_limited", host, port)
         try:
-            self.transport.write(data, addr)
-        except (OSError, error.MessageLengthError) as e:
+            self._sendto(data, addr)
+        except OSError as e:
             # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
             self.stats.drop("udp_send_error")
             self.throttled.warn(
                 "udp_send_error",
                 "udp: reply to {peer} failed: {error}",
                 peer=join_host_port(unmap(host), port),
-                error=getattr(e, "strerror", None) or e,
+                error=(e.strerror or str(e)).lower(),
             )
             return
         stats = self.stats

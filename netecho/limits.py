@@ -61,6 +61,45 @@ class TokenBuckets:
         return ok
 
 
+class RateWindow:
+    """
+    At most C{rate} events a second per key, counted in one-second windows:
+    a dict lookup and an increment per event, cheap enough for every UDP
+    datagram. At most C{size} keys are counted in a window; keys beyond
+    share one count, so a flood of spoofed sources cannot grow the table
+    and still gets no more than C{rate} replies between them. A burst of
+    up to twice the rate can straddle two windows.
+    """
+
+    _OVERFLOW = object()
+
+    def __init__(self, rate: float, size: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = rate
+        self.size = size
+        self._clock = clock
+        self._start = clock()
+        self._counts: dict = {}
+
+    def allow(self, key: Hashable) -> bool:
+        """Count one event for C{key}; False if its window is full."""
+        now = self._clock()
+        counts = self._counts
+        if now - self._start >= 1.0:
+            counts.clear()
+            self._start = now
+        count = counts.get(key)
+        if count is None:
+            if len(counts) >= self.size:
+                key = self._OVERFLOW
+                count = counts.get(key, 0)
+            else:
+                count = 0
+        if count >= self.limit:
+            return False
+        counts[key] = count + 1
+        return True
+
+
 def source_key(addr: object) -> str | None:
     """The per-source key of a peer address: its IP (IPv4-mapped unmapped); None for Unix peers."""
     host = getattr(addr, "host", None)

@@ -18,7 +18,7 @@ from netecho.listeners import (
     udp_listener,
     unix_listener,
 )
-from netecho.limits import ConnectionLimits, Guard, IdleSweeper, TokenBuckets
+from netecho.limits import ConnectionLimits, Guard, IdleSweeper, RateWindow
 from netecho.metrics import metrics_site
 from netecho.randomnum import RandomNumberFactory
 from netecho.rpc import RPCService, UsersFileError, load_users, readable_by_others
@@ -109,7 +109,7 @@ class Options(usage.Options):
         ["max-per-ip", None, 1000, "Stream connections open at once from one IP address; "
          "0: no cap.", _nonnegative("max-per-ip", int)],
         ["udp-rate", None, 1000.0, "UDP datagrams a second answered per source network "
-         "(/24 for IPv4, /56 for IPv6), with a burst as large; 0: no limit.", _nonnegative("udp-rate", float)],
+         "(/24 for IPv4, /56 for IPv6), counted in one-second windows; 0: no limit.", _nonnegative("udp-rate", float)],
         ["udp-global-rate", None, 100000.0, "UDP datagrams a second answered in all; "
          "0: no limit.", _nonnegative("udp-global-rate", float)],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
@@ -209,8 +209,8 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         if listener.option == "udp":
             proto = DatagramEcho(
                 stats, own_ports, **common,
-                rate=TokenBuckets(rate, max(rate, 1)) if rate else None,
-                global_rate=TokenBuckets(global_rate, max(global_rate, 1), size=1) if global_rate else None,
+                rate=RateWindow(rate) if rate else None,
+                global_rate=RateWindow(global_rate, size=1) if global_rate else None,
             )
             child = DatagramListenerService(reactor, listener, proto, own_ports)
         elif listener.option in ("tcp", "unix"):

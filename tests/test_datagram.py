@@ -14,7 +14,11 @@ class FakeUDPTransport:
     def getHost(self):
         return self.host
 
-    def write(self, data, addr):
+    @property
+    def socket(self):
+        return self  # the protocol replies with socket.sendto()
+
+    def sendto(self, data, addr):
         if self.fail:
             raise self.fail
         self.sent.append((data, addr))

@@ -3,7 +3,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from netecho.datagram import DatagramEcho
-from netecho.limits import ConnectionLimits, IdleSweeper, TokenBuckets, source_prefix
+from netecho.limits import ConnectionLimits, IdleSweeper, RateWindow, source_prefix
 from netecho.stats import Stats
 from tests.test_datagram import FakeUDPTransport
 
@@ -74,8 +74,8 @@ class UDPRateTests(SynchronousTestCase):
         stats = Stats()
         proto = DatagramEcho(
             stats, set(),
-            rate=TokenBuckets(rate=2, burst=2, clock=clock.seconds),
-            global_rate=TokenBuckets(rate=3, burst=3, size=1, clock=clock.seconds),
+            rate=RateWindow(2, clock=clock.seconds),
+            global_rate=RateWindow(3, size=1, clock=clock.seconds),
         )
         transport = FakeUDPTransport()
         proto.makeConnection(transport)
@@ -88,6 +88,16 @@ class UDPRateTests(SynchronousTestCase):
         clock.advance(1)
         proto.datagramReceived(b"x", ("192.0.2.8", 40000))
         self.assertEqual(len(transport.sent), 4)
+
+    def test_window_table_is_bounded(self):
+        clock = task.Clock()
+        window = RateWindow(2, size=3, clock=clock.seconds)
+        self.assertEqual([window.allow(k) for k in "abc"], [True] * 3)
+        # Keys beyond the table share one count.
+        self.assertEqual([window.allow(k) for k in "defg"], [True, True, False, False])
+        self.assertEqual(len(window._counts), 4)
+        clock.advance(1)
+        self.assertTrue(window.allow("g"))
 
     def test_prefixes(self):
         self.assertEqual(source_prefix("192.0.2.77"), "192.0.2")
