@@ -11,7 +11,7 @@ import signal
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+from twisted.logger import FileLogObserver, Logger, globalLogPublisher, jsonFileLogObserver
 
 from netecho.listeners import ListenerError
 from netecho.notify import sd_notify
@@ -34,6 +34,25 @@ def report_fatal(message: str) -> None:
         os.write(2, f"netecho: {message}\n".encode("utf-8", "backslashreplace"))
 
 
+def use_json_log(publisher=None) -> int:
+    """
+    Turn twistd's text log files into JSON ones (twisted.logger's
+    jsonFileLogObserver: one record a line, for log shippers), writing where
+    twistd's observers wrote. twistd offers no option for this; its
+    observers are there by the time services start.
+
+    @return: how many observers were switched.
+    """
+    publisher = publisher if publisher is not None else globalLogPublisher
+    switched = 0
+    for observer in list(publisher._observers):
+        if isinstance(observer, FileLogObserver):
+            publisher.removeObserver(observer)
+            publisher.addObserver(jsonFileLogObserver(observer._outFile))
+            switched += 1
+    return switched
+
+
 class NetechoService(service.MultiService):
     """
     Parent of every listener. Owns the counters and the ways to stop.
@@ -47,17 +66,21 @@ class NetechoService(service.MultiService):
         stats: Stats,
         exit_on_stop: bool = False,
         stop_signal: int | None = None,
+        log_format: str = "text",
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.stats = stats
         self.exit_on_stop = exit_on_stop
         self.stop_signal = stop_signal
+        self.log_format = log_format
         self._stopping = False
         self._notifier: task.LoopingCall | None = None
         self._watchdog = False
 
     def privilegedStartService(self) -> None:
+        if self.log_format == "json":
+            use_json_log()
         started = []
         try:
             for child in self:

@@ -112,6 +112,8 @@ class Options(usage.Options):
          "(/24 for IPv4, /56 for IPv6), counted in one-second windows; 0: no limit.", _nonnegative("udp-rate", float)],
         ["udp-global-rate", None, 100000.0, "UDP datagrams a second answered in all; "
          "0: no limit.", _nonnegative("udp-global-rate", float)],
+        ["log-format", None, "text", "text, or json: twistd's log as JSON records, one a "
+         "line (twisted.logger's JSON format), for log shippers."],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
          "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
     ]
@@ -155,6 +157,8 @@ class Options(usage.Options):
             for name, values in DEFAULT_LISTENERS.items():
                 self[name] = list(values)
         self["stop-word"] = self["stop-word"].strip()
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format: {self['log-format']!r} is not text or json")
         self["unix-mode"] = _mode(str(self["unix-mode"]))
         listeners = []
         for name in LISTENER_OPTIONS:
@@ -189,6 +193,7 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         stats,
         exit_on_stop=config["exit-on-stop"],
         stop_signal=config["stop-signal"],
+        log_format=config["log-format"],
     )
     sweeper = IdleSweeper(reactor, config["idle-timeout"])
     sweeper.setServiceParent(top)

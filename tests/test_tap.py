@@ -43,6 +43,7 @@ class OptionsTests(SynchronousTestCase):
                 "unix-mode": 0o660,
                 "stop-word": "STOP",
                 "stop-signal": None,
+                "log-format": "text",
                 "exit-on-stop": 0,
                 "log-data": 0,
                 "listeners": [
@@ -60,7 +61,7 @@ class OptionsTests(SynchronousTestCase):
             "--unix-mode", "0600", "--stop-word", " QUIT ", "--stop-signal", "usr1",
             "--exit-on-stop", "--log-data", "--pb", "tcp6:8787", "--metrics", "9101",
             "--idle-timeout", "2.5", "--max-connections", "10", "--max-per-ip", "3",
-            "--udp-rate", "0", "--udp-global-rate", "5",
+            "--udp-rate", "0", "--udp-global-rate", "5", "--log-format", "json",
         )
         self.assertEqual(
             dict(options),
@@ -81,6 +82,7 @@ class OptionsTests(SynchronousTestCase):
                 "unix-mode": 0o600,
                 "stop-word": "QUIT",
                 "stop-signal": signal.SIGUSR1,
+                "log-format": "json",
                 "exit-on-stop": 1,
                 "log-data": 1,
                 "listeners": [
@@ -112,6 +114,7 @@ class OptionsTests(SynchronousTestCase):
             ("--udp", "systemd:"): "--udp systemd:: systemd: needs the socket's name",
             ("--unix-mode", "8"): "--unix-mode: '8' is not an octal file mode",
             ("--unix-mode", "1777"): "--unix-mode: '1777' is not an octal file mode",
+            ("--log-format", "xml"): "--log-format: 'xml' is not text or json",
             ("--stop-signal", "NOPE"): "--stop-signal: unknown signal 'NOPE'",
             ("--stop-signal", "STOP"): "--stop-signal: SIGSTOP cannot be caught",
             ("--random", "ssl:1234:privateKey=/nonexistent.pem"): "--random ssl:1234",

@@ -433,3 +433,18 @@ class StartupErrorTests(TestCase):
         daemon = Daemon(self, "--unix", sock, "--tcp", label).start(wait_ready=False)
         self.assertOneLineError(daemon, "address already in use")
         self.assertFalse(os.path.exists(sock))
+
+
+class JSONLogTests(TestCase):
+    def test_log_format_json(self):
+        """--log-format json: every line after start-up is one JSON record."""
+        import json
+
+        daemon = Daemon(self, "--tcp", "0", "--log-format", "json").start(wait_ready=False)
+        daemon.wait_for('"log_namespace": "netecho.daemon"')
+        daemon.stop()
+        records = [json.loads(line.lstrip("\x1e")) for line in daemon.lines if line.lstrip("\x1e").startswith("{")]
+        formats = [r.get("log_format") for r in records]
+        self.assertIn("{summary}", formats)
+        listening = [r for r in records if r.get("log_format") == "{label}: listening on {where}"]
+        self.assertEqual(listening[0]["label"], "--tcp 0")
