@@ -48,9 +48,13 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         testcase.addCleanup(self.kill)
 
+    def command(self) -> list[str]:
+        """The command line that starts the daemon."""
+        return [*twistd_command(), "--nodaemon", "--pidfile=", "netecho", *self.args]
+
     def start(self, wait_ready: bool = True, timeout: float = 15) -> "Daemon":
         self.proc = subprocess.Popen(
-            [*twistd_command(), "--nodaemon", "--pidfile=", "netecho", *self.args],
+            self.command(),
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,

@@ -150,23 +150,11 @@ class CommandDaemon(Daemon):
         self.prefix = prefix
         self.twistd_args = list(twistd_args)
 
+    def command(self) -> list[str]:
+        return [*self.prefix, venv_twistd(), *self.twistd_args, "netecho", *self.args]
+
     def start(self, wait_ready: bool = False, timeout: float = 15) -> "CommandDaemon":
-        self.proc = subprocess.Popen(
-            [*self.prefix, venv_twistd(), *self.twistd_args, "netecho", *self.args],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="backslashreplace",
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_thread.start()
-        if wait_ready:
-            self.wait_for("netecho ready", timeout)
-        return self
+        return super().start(wait_ready, timeout)
 
 
 def socket_activate() -> str:
