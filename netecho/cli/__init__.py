@@ -10,7 +10,7 @@ import os
 import sys
 
 from netecho import __version__
-from netecho.cli import lookup, rpc, stream, udp
+from netecho.cli import bench, lookup, rpc, stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     udp.register(sub)
     rpc.register(sub)
     lookup.register(sub)
+    bench.register(sub)
     return parser
 
 
