@@ -77,7 +77,8 @@ class RateWindow:
         self.limit = rate
         self.size = size
         self._clock = clock
-        self._start = clock()
+        # A window opens with the first event after the last one closed.
+        self._start = float("-inf")
         self._counts: dict = {}
 
     def allow(self, key: Hashable) -> bool:
