@@ -285,7 +285,7 @@ def idle_memory(server: Server, count: int) -> dict:
 
 def bench_subprocess(*argv: str, timeout: float) -> dict:
     """C{netecho bench ...} from this checkout in a process of its own (pb needs a reactor)."""
-    code = "from netecho.cli.bench import main; raise SystemExit(main())"
+    code = "import sys; from netecho.cli import main; raise SystemExit(main(['bench', *sys.argv[1:]]))"
     out = subprocess.run([sys.executable, "-c", code, *argv, "--json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
     if out.stdout.strip():

@@ -919,12 +919,3 @@ def register(sub) -> None:
                        description=DESCRIPTION)
     add_arguments(p)
     p.set_defaults(run=run, bench_parser=p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """C{netecho bench ...} on its own (C{python -c 'from netecho.cli.bench import main; ...'})."""
-    parser = argparse.ArgumentParser(prog="netecho bench", description=DESCRIPTION)
-    add_arguments(parser)
-    parser.set_defaults(bench_parser=parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return run(args)

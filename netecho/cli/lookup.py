@@ -226,15 +226,3 @@ def register(sub) -> None:
     p = sub.add_parser("lookup", help="DNS lookups (ip, host, ns, mx, txt, ...) as dig +short prints them",
                        description=_DESCRIPTION)
     add_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """C{netecho lookup} on its own (C{python -m netecho.cli.lookup ...})."""
-    p = argparse.ArgumentParser(prog="netecho lookup", description=_DESCRIPTION)
-    add_arguments(p)
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from tests.integration.harness import Daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = "from netecho.cli.bench import main; raise SystemExit(main())"
+BENCH = "import sys; from netecho.cli import main; raise SystemExit(main(['bench', *sys.argv[1:]]))"
 #: The UDP limits stay on, far above what one test sends in a burst.
 NO_THROTTLE = ("--udp-rate", "1000000000", "--udp-global-rate", "1000000000")
 
