@@ -19,6 +19,7 @@ from twisted.protocols import basic
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from netecho import lookup
+from netecho.cli import main
 from netecho.address import ipv6_available
 from netecho.cli import lookup as cli
 from netecho.errors import UserError
@@ -466,7 +467,7 @@ class ParserTests(SynchronousTestCase):
         for argv in (["bogus", "x"], ["a", "x", "--server", "localhost"], ["a", "x", "--server", "1.2.3.4:99999"],
                      ["a", "x", "--timeout", "0"], ["a", "x", "--retries", "-1"], ["a", "x", "--concurrency", "0"],
                      ["a"], ["a", "x", "--file", "-"]):
-            e = self.assertRaises(SystemExit, cli.main, argv)
+            e = self.assertRaises(SystemExit, main, ["lookup", *argv])
             self.assertEqual(e.code, 2, argv)
 
 
