@@ -448,3 +448,53 @@ class JSONLogTests(TestCase):
         self.assertIn("{summary}", formats)
         listening = [r for r in records if r.get("log_format") == "{label}: listening on {where}"]
         self.assertEqual(listening[0]["label"], "--tcp 0")
+
+
+def self_signed(directory: str) -> tuple[str, str]:
+    """A throw-away key and certificate for localhost (cryptography comes with twisted[tls])."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+class TLSTests(TestCase):
+    def test_ssl_endpoint_echoes_byte_exact(self):
+        """--tcp ssl:...: the TLS endpoint (twisted[tls]) echoes 1 MiB byte-exact."""
+        import ssl
+
+        key, cert = self_signed(tempfile.mkdtemp())
+        label = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        daemon = Daemon(self, "--tcp", label).start()
+        port = daemon.port(f"--tcp {label}")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        data = os.urandom(1 << 20)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw) as tls:
+                received = bytearray()
+                for start in range(0, len(data), 65536):
+                    chunk = data[start : start + 65536]
+                    tls.sendall(chunk)
+                    while len(received) < start + len(chunk):
+                        received += tls.recv(65536)
+        self.assertEqual(bytes(received), data)
