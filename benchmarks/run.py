@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 from netecho.cli.bench import measure  # noqa: E402  (the checkout's load generator)
 from netecho.errors import UserError  # noqa: E402
 
-SERVERS = ("netecho", "twisted", "asyncio", "uvloop", "c")
+SERVERS = ("netecho", "netecho-epoll", "twisted", "asyncio", "uvloop", "c")
 TRANSPORTS = ("tcp", "udp", "unix")
 CONNECTIONS = (1, 10, 100)
 SIZES = (64, 1024, 16384)
@@ -191,8 +191,10 @@ def make_servers(names: list[str], tmp: str, cpu: int | None) -> tuple[list[Serv
     servers, skipped = [], {}
     for name in names:
         sock = os.path.join(tmp, f"{name}.sock")
-        if name == "netecho":
-            command = [*twistd_command(), "--nodaemon", "--pidfile=", "netecho",
+        if name in ("netecho", "netecho-epoll"):
+            # netecho-epoll: the same daemon on netecho's own reactor (netecho/reactor.py).
+            reactor = ["--reactor", "netecho-epoll"] if name == "netecho-epoll" else []
+            command = [*twistd_command(), *reactor, "--nodaemon", "--pidfile=", "netecho",
                        "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
                        "--unix", sock, "--pb", "tcp:0:interface=127.0.0.1", *NETECHO_LIMITS]
             servers.append(Server(name, command, tmp, cpu, netecho=True))
@@ -557,7 +559,7 @@ def main(argv=None) -> int:
         if not args.no_extras:
             # Idle memory first, while every server is fresh.
             result["idle_memory"] = {}
-            for name in ("netecho", "twisted", "asyncio", "uvloop", "c"):
+            for name in SERVERS:
                 if name in by_name:
                     try:
                         result["idle_memory"][name] = idle_memory(by_name[name], args.idle)

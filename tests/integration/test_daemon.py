@@ -16,7 +16,7 @@ import time
 from twisted.trial.unittest import TestCase
 
 from tests import peers
-from tests.integration.harness import Daemon
+from tests.integration.harness import Daemon, twistd_command
 
 
 def nc(args: list[str], data: bytes, timeout: float = 20) -> bytes:
@@ -498,3 +498,20 @@ class TLSTests(TestCase):
                     while len(received) < start + len(chunk):
                         received += tls.recv(65536)
         self.assertEqual(bytes(received), data)
+
+
+class FastReactorTests(TestCase):
+    def test_netecho_epoll_reactor(self):
+        """twistd --reactor netecho-epoll: the same echo, the same clean stop."""
+        peers.require_openbsd_nc()
+        daemon = Daemon(self, "--tcp", "0", "--udp", "127.0.0.1:0")
+        daemon.command = lambda: [*twistd_command(), "--reactor", "netecho-epoll", "--nodaemon",
+                                  "--pidfile=", "netecho", *daemon.args]
+        daemon.start()
+        self.assertIn("DirectEPollReactor", daemon.wait_for("reactor class"))
+        data = os.urandom(1 << 20)
+        self.assertEqual(nc(["-N", "127.0.0.1", str(daemon.port("--tcp 0"))], data), data)
+        self.assertEqual(udp_roundtrip("127.0.0.1", daemon.port("--udp 127.0.0.1:0"), b"x" * 65507),
+                         b"x" * 65507)
+        self.assertEqual(daemon.stop(), -signal.SIGTERM)
+        self.assertEqual(summary_fields(daemon)["tcp"], 1)

@@ -64,6 +64,7 @@ class PackagingTests(TestCase):
         """A twisted/__init__.py or twisted/plugins/__init__.py would clobber Twisted's own."""
         names = zipfile.ZipFile(self.artifact(".whl")).namelist()
         self.assertIn("twisted/plugins/netecho_plugin.py", names)
+        self.assertIn("twisted/plugins/netecho_reactor.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
@@ -74,6 +75,7 @@ class PackagingTests(TestCase):
         bin_ = venv / "bin"
         run([str(bin_ / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(artifact)])
         self.assertRegex(run([str(bin_ / "twistd"), "--help"]), r"\n\s+netecho\s+TCP, UDP")
+        self.assertIn("netecho-epoll", run([str(bin_ / "twistd"), "--help-reactors"]))
         help_text = run([str(bin_ / "twistd"), "netecho", "--help"])
         for option in ("--tcp", "--udp", "--unix", "--unix-mode", "--random", "--stop-word",
                        "--exit-on-stop", "--stop-signal", "--log-data"):
