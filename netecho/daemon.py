@@ -103,12 +103,30 @@ class NetechoService(service.MultiService):
         self.reactor.addSystemEventTrigger("before", "shutdown", sd_notify, "STOPPING=1")
 
     def _ready(self) -> None:
+        self._ignore_repeated_stop_signals()
         listeners = [c.name for c in self if hasattr(c, "listener")]
         log.info("netecho ready: {listeners}", listeners=", ".join(listeners))
         if sd_notify("READY=1\n" + self._status()):
             self._notifier = task.LoopingCall(self._notify)
             self._notifier.clock = self.reactor
             self._notifier.start(self._notify_interval(), now=False)
+
+    def _ignore_repeated_stop_signals(self) -> None:
+        # The reactor installed its SIGTERM/SIGINT handlers by now. A second
+        # signal while stopping would make it call stop() again and log a
+        # ReactorNotRunning traceback: let only the first one through.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(signum)
+            if not callable(handler):
+                continue
+
+            def first_only(number, frame, handler=handler):
+                if self._stopping:
+                    return
+                self._stopping = True
+                handler(number, frame)
+
+            signal.signal(signum, first_only)
 
     def _status(self) -> str:
         return "STATUS=" + self.stats.summary().removeprefix("summary: ")

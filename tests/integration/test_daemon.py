@@ -515,3 +515,15 @@ class FastReactorTests(TestCase):
                          b"x" * 65507)
         self.assertEqual(daemon.stop(), -signal.SIGTERM)
         self.assertEqual(summary_fields(daemon)["tcp"], 1)
+
+
+class RepeatedSignalTests(TestCase):
+    def test_second_sigterm_while_stopping(self):
+        """Two SIGTERMs in a row (an impatient operator): one clean stop, no traceback."""
+        daemon = Daemon(self, "--tcp", "0").start()
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_for("Received SIGTERM")
+        daemon.signal(signal.SIGTERM)  # while the first stop is under way
+        self.assertEqual(daemon.wait(), -signal.SIGTERM)
+        daemon.wait_for("summary: ")
+        self.assertNotIn("Traceback", daemon.log_text() + daemon.stderr)
