@@ -189,6 +189,7 @@ class Echo(StreamSession):
                 transport.setTcpNoDelay(True)
 
     def answer(self, data: bytes) -> None:
+        n = len(data)
         sock = self._sock
         transport = self.transport
         if sock is not None and not transport.dataBuffer and not transport._tempDataLen:
@@ -196,11 +197,10 @@ class Echo(StreamSession):
                 sent = sock.send(data)
             except OSError:
                 sent = 0  # EAGAIN, or an error write() will find and report
-            if sent < len(data):
+            if sent < n:
                 transport.write(data[sent:])
         else:
             transport.write(data)
-        n = len(data)
         self.sent += n
         self._stats.bytes_echoed += n
         if self._log_data:

@@ -11,7 +11,8 @@ from typing import Callable, Hashable
 from twisted.application import service
 from twisted.internet import task
 
-from netecho.address import unmap
+from netecho.address import describe, unmap
+from netecho.throttle import ThrottledLog
 
 
 class TokenBuckets:
@@ -230,8 +231,6 @@ class Guard:
     """
 
     def __init__(self, stats, limits: ConnectionLimits, sweeper: IdleSweeper, log) -> None:
-        from netecho.throttle import ThrottledLog
-
         self.stats = stats
         self.limits = limits
         self.sweeper = sweeper
@@ -242,8 +241,6 @@ class Guard:
         """(whether to accept a connection from C{addr}, the key for L{closed})."""
         refusal, key = self.limits.admit(addr)
         if refusal is not None:
-            from netecho.address import describe
-
             self.refuse(refusal, describe(addr))
             return False, None
         return True, key

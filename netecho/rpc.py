@@ -17,7 +17,9 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from netecho import lookup
 from netecho.address import describe, unmap
+from netecho.errors import UserError
 from netecho.limits import Guard, TokenBuckets
 from netecho.stats import Stats
 from netecho.throttle import ThrottledLog
@@ -149,9 +151,6 @@ class EchoAvatar(pb.Avatar):
         return self.service.stats.as_dict()
 
     async def _lookup(self, name: str, rrtype: str) -> list[dict]:
-        from netecho import lookup
-        from netecho.errors import UserError
-
         lookups = self.service.stats.lookups
         try:
             answers = await lookup.lookup(self.service.reactor, name, rrtype, self.service.lookup_servers)

@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from netecho import lookup
 from netecho.address import is_ip, split_host_port
-from netecho.cli.stream import positive
+from netecho.cli.stream import positive, whole
 from netecho.errors import UserError
 
 #: The subcommand's types: DNS record types, plus C{ip} (names of an
@@ -38,12 +38,6 @@ def server_address(value: str) -> tuple[str, int]:
     if port == 0:
         raise argparse.ArgumentTypeError(f"{value!r}: port 0 cannot be asked")
     return host, port
-
-
-def _count(value: str, least: int) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) < least:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= {least}")
-    return int(value)
 
 
 def _rrtype(kind: str) -> str:
@@ -203,13 +197,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcp", action="store_true", help="ask over TCP (UDP otherwise, TCP when truncated)")
     p.add_argument("--timeout", type=positive, default=lookup.DEFAULT_TIMEOUT, metavar="S",
                    help="seconds to wait for each try (default 2)")
-    p.add_argument("--retries", type=lambda v: _count(v, 0), default=lookup.DEFAULT_RETRIES, metavar="N",
+    p.add_argument("--retries", type=whole, default=lookup.DEFAULT_RETRIES, metavar="N",
                    help="extra tries when a server is silent (default 2)")
     p.add_argument("--json", action="store_true",
                    help='print {"query", "type", "server", "answers": [{"name", "type", "ttl", "data"}]}')
     p.add_argument("--file", metavar="FILE",
                    help="look up every name in FILE (one a line; - for stdin), one result line each")
-    p.add_argument("--concurrency", type=lambda v: _count(v, 1), default=DEFAULT_CONCURRENCY, metavar="N",
+    p.add_argument("--concurrency", type=lambda v: whole(v, 1), default=DEFAULT_CONCURRENCY, metavar="N",
                    help=f"lookups at once with --file (default {DEFAULT_CONCURRENCY})")
     p.set_defaults(run=run, lookup_parser=p)
 

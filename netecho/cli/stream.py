@@ -36,9 +36,10 @@ def host_port(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _count(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+def whole(value: str, least: int = 0) -> int:
+    """argparse type for a whole number of at least C{least}."""
+    if not (value.isascii() and value.isdigit()) or int(value) < least:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= {least}")
     return int(value)
 
 
@@ -180,7 +181,7 @@ def register(sub) -> None:
     unix.add_argument("--repeat", metavar="TEXT", help="send TEXT every --interval seconds, print each reply")
     unix.add_argument("--interval", type=positive, default=1.0, metavar="S",
                       help="seconds between --repeat messages (default 1)")
-    unix.add_argument("--count", type=_count, default=0, metavar="N",
+    unix.add_argument("--count", type=whole, default=0, metavar="N",
                       help="stop --repeat after N messages (default 0: until interrupted)")
     unix.set_defaults(run=_run("unix"))
 

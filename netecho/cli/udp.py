@@ -9,7 +9,7 @@ import sys
 from twisted.internet import defer, error, protocol, threads
 
 from netecho.address import is_ip, join_host_port
-from netecho.cli.stream import host_port, positive
+from netecho.cli.stream import host_port, positive, whole
 from netecho.datagram import MAX_DATAGRAM
 from netecho.errors import UserError
 
@@ -96,12 +96,6 @@ async def query(reactor, args: argparse.Namespace, out=None) -> int:
         await defer.maybeDeferred(udp.stopListening)
 
 
-def _retries(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
-    return int(value)
-
-
 def run(args: argparse.Namespace) -> int:
     from netecho.cli.runner import run as run_on_reactor
 
@@ -121,6 +115,6 @@ def register(sub) -> None:
                    help=f"text to send (a newline is added; default {DEFAULT_MESSAGE!r})")
     p.add_argument("--timeout", type=positive, default=2.0, metavar="S",
                    help="seconds to wait for a reply to each try (default 2)")
-    p.add_argument("--retries", type=_retries, default=2, metavar="N",
+    p.add_argument("--retries", type=whole, default=2, metavar="N",
                    help="extra tries when no reply comes (default 2)")
     p.set_defaults(run=run)
