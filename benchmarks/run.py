@@ -21,6 +21,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ sys.path.insert(0, ROOT)
 from netecho.cli.bench import measure  # noqa: E402  (the checkout's load generator)
 from netecho.errors import UserError  # noqa: E402
 
-SERVERS = ("netecho", "netecho-epoll", "twisted", "asyncio", "uvloop", "c")
+SERVERS = ("netecho", "netecho-twisted-reactor", "twisted", "asyncio", "uvloop", "c")
 TRANSPORTS = ("tcp", "udp", "unix")
 CONNECTIONS = (1, 10, 100)
 SIZES = (64, 1024, 16384)
@@ -173,30 +174,32 @@ def has_uvloop() -> bool:
     return out.returncode == 0
 
 
-def build_c(tmp: str) -> tuple[str | None, str]:
-    """Compile servers/echo.c into C{tmp}; (path, '') or (None, why not)."""
+def build_c(tmp: str, source: str = "echo.c") -> tuple[str | None, str]:
+    """Compile servers/SOURCE into C{tmp}; (path, '') or (None, why not)."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None, "no C compiler (cc)"
-    exe = os.path.join(tmp, "echo-c")
-    out = subprocess.run([cc, "-O2", "-o", exe, os.path.join(HERE, "servers", "echo.c")],
+    exe = os.path.join(tmp, source[:-2] + "-c")
+    out = subprocess.run([cc, "-O2", "-o", exe, os.path.join(HERE, "servers", source)],
                          capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         return None, f"cc failed: {out.stderr.strip().splitlines()[-1:] or out.returncode}"
     return exe, ""
 
 
-def make_servers(names: list[str], tmp: str, cpu: int | None) -> tuple[list[Server], dict[str, str]]:
+def make_servers(names: list[str], tmp: str, cpu: int | None,
+                 netecho_args: tuple[str, ...] = ()) -> tuple[list[Server], dict[str, str]]:
     """The servers to run (not started yet), and the ones skipped with why."""
     servers, skipped = [], {}
     for name in names:
         sock = os.path.join(tmp, f"{name}.sock")
-        if name in ("netecho", "netecho-epoll"):
-            # netecho-epoll: the same daemon on netecho's own reactor (netecho/reactor.py).
-            reactor = ["--reactor", "netecho-epoll"] if name == "netecho-epoll" else []
+        if name in ("netecho", "netecho-twisted-reactor"):
+            # netecho runs on its own epoll reactor (netecho/reactor.py) unless
+            # told otherwise; the second row is the same daemon on Twisted's.
+            reactor = ["--reactor", "epoll"] if name == "netecho-twisted-reactor" else []
             command = [*twistd_command(), *reactor, "--nodaemon", "--pidfile=", "netecho",
                        "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-                       "--unix", sock, "--pb", "tcp:0:interface=127.0.0.1", *NETECHO_LIMITS]
+                       "--unix", sock, "--pb", "tcp:0:interface=127.0.0.1", *NETECHO_LIMITS, *netecho_args]
             servers.append(Server(name, command, tmp, cpu, netecho=True))
             continue
         listen = ["--tcp", "0", "--udp", "0", "--unix", sock]
@@ -240,12 +243,29 @@ def one_cell(server: Server, transport: str, conns: int, size: int, args) -> dic
         return {"error": f"{server.name} has no {transport} listener"}
     if not server.alive():
         return {"error": f"{server.name} is not running"}
+    if args.load_exe:
+        return c_load(args.load_exe, transport, address, conns, size, args)
     try:
         report = measure(transport, address, connections=conns, size=size, duration=args.duration,
                          warmup=args.warmup, timeout=0.5 if transport == "udp" else 5.0)
     except UserError as e:
         return {"error": str(e)}
     return report
+
+
+def c_load(exe: str, transport: str, address, conns: int, size: int, args) -> dict:
+    """One measurement by the C load generator (servers/load.c), same report as netecho bench."""
+    where = [address] if transport == "unix" else [str(address[0]), str(address[1])]
+    command = [exe, transport, *where, "--connections", str(conns), "--size", str(size),
+               "--duration", str(args.duration), "--warmup", str(args.warmup),
+               "--timeout", "0.5" if transport == "udp" else "5"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60 + args.duration + args.warmup)
+    except subprocess.TimeoutExpired:
+        return {"error": "the C load generator did not finish in time"}
+    if out.returncode != 0 or not out.stdout.strip():
+        return {"error": (out.stderr.strip().splitlines() or [f"load exited {out.returncode}"])[-1]}
+    return json.loads(out.stdout)
 
 
 def idle_memory(server: Server, count: int) -> dict:
@@ -512,6 +532,12 @@ def parse_args(argv=None):
     p.add_argument("--idle", type=int, default=None, help="idle connections for the memory measurement (default 1000)")
     p.add_argument("--no-extras", action="store_true", help="skip the idle memory, PB and DNS measurements")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--netecho-args", default="", metavar="ARGS",
+                   help="more options for both netecho rows, e.g. --netecho-args='--stop-word=' "
+                        "(the stop word switched off)")
+    p.add_argument("--client", choices=("auto", "c", "python"), default="auto",
+                   help="load generator: c (servers/load.c, compiled at run time), python (netecho bench's "
+                        "loop), auto (c when a C compiler is present; the default)")
     args = p.parse_args(argv)
     if not 0 < args.duration <= 600:
         p.error("--duration must be in (0, 600]")
@@ -544,7 +570,15 @@ def main(argv=None) -> int:
     previous_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
     try:
-        servers, skipped = make_servers(args.server_names, tmp, server_cpu)
+        args.load_exe = None
+        if args.client != "python":
+            args.load_exe, why = build_c(tmp, "load.c")
+            if args.load_exe is None and args.client == "c":
+                raise SystemExit(f"run.py: --client c: {why}")
+            if args.load_exe is None:
+                log(f"load generator: python ({why})")
+        result_client = "c (servers/load.c)" if args.load_exe else "python (netecho bench)"
+        servers, skipped = make_servers(args.server_names, tmp, server_cpu, tuple(shlex.split(args.netecho_args)))
         for s in servers:
             s.start()
         if client_cpu is not None:
@@ -553,6 +587,7 @@ def main(argv=None) -> int:
         log(f"servers on CPU {server_cpu}, load generator on CPU {client_cpu}; "
             f"{len(cells)} cells x {len(servers)} servers x {args.repeat}, {args.duration:g} s each")
         result: dict = {"cpus": os.cpu_count(), "server_cpu": server_cpu, "client_cpu": client_cpu,
+                        "client": result_client,
                         "duration": args.duration, "warmup": args.warmup, "repeat": args.repeat,
                         "skipped": skipped}
         by_name = {s.name: s for s in servers}
@@ -586,7 +621,7 @@ def main(argv=None) -> int:
             print(json.dumps(result))
         else:
             print(f"round trips: median of {args.repeat}, {args.duration:g} s each after {args.warmup:g} s warmup; "
-                  f"servers on CPU {server_cpu}, load generator on CPU {client_cpu}")
+                  f"servers on CPU {server_cpu}, load generator ({result_client}) on CPU {client_cpu}")
             print(format_rows(result["rows"]))
             extras = format_extras(result)
             if extras:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from twisted.internet import interfaces, protocol, tcp
+from errno import EAGAIN
+
+from twisted.internet import interfaces, main, protocol, tcp, unix
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -115,12 +117,16 @@ class StreamSession(protocol.Protocol):
         if scanner is not None:
             end = scanner.feed(data)
             if end >= 0:
-                self._stopped_by_word = True
-                self._closing = True
-                self.answer(data[:end])
-                self._close()
+                self._stop_word_at(data, end)
                 return
         self.answer(data)
+
+    def _stop_word_at(self, data: bytes, end: int) -> None:
+        """The stop line ends at C{data[end]}: answer up to it, then close."""
+        self._stopped_by_word = True
+        self._closing = True
+        self.answer(data[:end])
+        self._close()
 
     def answer(self, data: bytes) -> None:
         """Reply to C{data}, the next bytes of the stream."""
@@ -187,6 +193,51 @@ class Echo(StreamSession):
             self._sock = transport.socket
             if self.kind == "tcp":
                 transport.setTcpNoDelay(True)
+            if type(transport) in _PLAIN_SERVERS:
+                self._recv = transport.socket.recv
+                self._send = transport.socket.send
+                transport.doRead = self._doRead
+
+    def _doRead(self):
+        """
+        The transport's doRead for plain TCP and Unix connections: read,
+        then what dataReceived and answer do, in one call. (Twisted's Unix
+        transport reads with recvmsg() to receive file descriptors, which
+        an echo never takes; recv() is cheaper, and the kernel discards
+        descriptors sent to a reader that does not ask for them.)
+        """
+        try:
+            data = self._recv(65536)
+        except OSError as e:
+            if e.errno == EAGAIN:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        if self._closing or self._log_data:
+            self.dataReceived(data)
+            return None
+        n = len(data)
+        self.received += n
+        scanner = self._scanner
+        if scanner is not None:
+            end = scanner.feed(data)
+            if end >= 0:
+                self._stop_word_at(data, end)
+                return None
+        transport = self.transport
+        if transport.dataBuffer or transport._tempDataLen:
+            transport.write(data)
+        else:
+            try:
+                sent = self._send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error write() will find and report
+            if sent < n:
+                transport.write(data[sent:])
+        self.sent += n
+        self._stats.bytes_echoed += n
+        return None
 
     def answer(self, data: bytes) -> None:
         n = len(data)
@@ -205,6 +256,9 @@ class Echo(StreamSession):
         self._stats.bytes_echoed += n
         if self._log_data:
             self.log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
+
+
+_PLAIN_SERVERS = (tcp.Server, unix.Server)
 
 
 class EchoFactory(StreamFactory):

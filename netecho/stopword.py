@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
+
+#: What bytes.strip() trims, as a set and as a regular expression (less
+#: the line feed, which ends a line and so is never inside one).
+_BLANK = frozenset(b" \t\n\r\x0b\x0c")
+_BLANKS = rb"[ \t\r\x0b\x0c]*"
+
 
 def _candidate(text: bytes, word: bytes) -> bytes | None:
     """
@@ -9,11 +17,20 @@ def _candidate(text: bytes, word: bytes) -> bytes | None:
     longer equal C{word} after trimming, else at most C{len(word)} bytes.
     """
     text = text.lstrip()
-    core = text.rstrip()
-    if len(core) != len(text):
-        # Trailing whitespace: nothing after it can join the word.
-        return word if core == word else None
-    return text if word.startswith(text) else None
+    if word.startswith(text):
+        return text  # (a word with a space inside may continue after one)
+    # Past the word: only whitespace may follow it.
+    return word if text.rstrip() == word else None
+
+
+@lru_cache(maxsize=16)
+def _inner_line(word: bytes):
+    """
+    The search for a stop line with a line feed on both sides: one pass in
+    C over the chunk (about twice as fast as C{word in data} on binary data,
+    whose bytes.find cannot skip far with a short needle).
+    """
+    return re.compile(b"\n" + _BLANKS + re.escape(word) + _BLANKS + b"(?=\n)").search
 
 
 class StopWordScanner:
@@ -26,9 +43,12 @@ class StopWordScanner:
     """
 
     def __init__(self, word: bytes) -> None:
-        if not word:
-            raise ValueError("the stop word must not be empty")
+        if not word or word != word.strip():
+            raise ValueError("the stop word must be non-empty, without surrounding whitespace")
+        if b"\n" in word:
+            raise ValueError("the stop word must be one line")
         self.word = word
+        self._search = _inner_line(word)
         self._pending: bytes | None = b""
 
     def feed(self, data: bytes) -> int:
@@ -39,20 +59,28 @@ class StopWordScanner:
             C{data}, or -1 if no line ends with the stop word in this chunk.
         """
         word = self.word
+        pending = self._pending
         first = data.find(b"\n")
         if first < 0:
-            if self._pending is not None:
-                self._pending = _candidate(self._pending + data, word)
+            if pending is not None:
+                self._pending = _candidate(pending + data, word)
             return -1
-        if self._pending is not None and _candidate(self._pending + data[:first], word) == word:
+        # The line that was unfinished at the end of the last chunk.
+        if pending is not None and _candidate(pending + data[:first], word) == word:
             return first + 1
+        # Lines wholly inside this chunk.
         last = data.rfind(b"\n")
-        if first < last and data.find(word, first + 1, last) >= 0:
-            start = first + 1
-            while start <= last:
-                end = data.index(b"\n", start)
-                if data[start:end].strip() == word:
-                    return end + 1
-                start = end + 1
-        self._pending = _candidate(data[last + 1 :], word)
+        if first < last:
+            found = self._search(data, first, last + 1)
+            if found is not None:
+                return found.end() + 1
+        # The unfinished last line. A candidate is whitespace, then at most
+        # len(word) non-blank bytes, then (only after the whole word)
+        # whitespace: if the last byte and the one len(word) before it are
+        # both non-blank, it is none of that, and nothing need be copied.
+        n = len(word)
+        if len(data) - last - 1 > n and data[-1] not in _BLANK and data[-n - 1] not in _BLANK:
+            self._pending = None
+        else:
+            self._pending = _candidate(data[last + 1 :], word)
         return -1

@@ -157,6 +157,8 @@ class Options(usage.Options):
             for name, values in DEFAULT_LISTENERS.items():
                 self[name] = list(values)
         self["stop-word"] = self["stop-word"].strip()
+        if "\n" in self["stop-word"]:
+            raise usage.UsageError("--stop-word must be one line")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format: {self['log-format']!r} is not text or json")
         self["unix-mode"] = _mode(str(self["unix-mode"]))
@@ -186,7 +188,12 @@ class Options(usage.Options):
 def makeService(config: Options, reactor=None) -> NetechoService:
     """Build the daemon's service tree from parsed options; binds nothing yet."""
     if reactor is None:
-        from twisted.internet import reactor
+        try:
+            from netecho.reactor import for_netecho
+        except ImportError:  # no epoll here: Twisted's default reactor
+            from twisted.internet import reactor
+        else:
+            reactor = for_netecho()
     stats = Stats()
     top = NetechoService(
         reactor,

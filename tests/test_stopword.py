@@ -51,3 +51,65 @@ class StopWordScannerTests(SynchronousTestCase):
 
     def test_empty_word_rejected(self):
         self.assertRaises(ValueError, StopWordScanner, b"")
+
+
+def reference(chunks, word=b"STOP"):
+    """The stop word found the slow way: every line of the joined stream, trimmed."""
+    stream = b"".join(chunks)
+    start = 0
+    while True:
+        end = stream.find(b"\n", start)
+        if end < 0:
+            return None
+        if stream[start:end].strip() == word:
+            break
+        start = end + 1
+    position = end + 1
+    for i, chunk in enumerate(chunks):
+        if position <= len(chunk):
+            return i, position
+        position -= len(chunk)
+    raise AssertionError("unreachable")
+
+
+class StopWordAgainstReferenceTests(SynchronousTestCase):
+    def check_random(self, word, pieces, rounds=3000):
+        import random
+
+        rng = random.Random(862)
+        found = 0
+        for _ in range(rounds):
+            stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+            cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(0, 6))))
+            chunks, previous = [], 0
+            for cut in cuts + [len(stream)]:
+                if cut > previous:
+                    chunks.append(stream[previous:cut])
+                    previous = cut
+            expected = reference(chunks, word)
+            found += expected is not None
+            self.assertEqual(first_stop(chunks, word), expected, (word, chunks))
+        # Both outcomes were exercised many times.
+        self.assertGreater(found, rounds // 8)
+        self.assertLess(found, rounds * 7 // 8)
+
+    def test_random_streams_and_splits(self):
+        """
+        Thousands of random streams, built from pieces of the word, whitespace,
+        newlines and other bytes, cut at random places: the scanner finds
+        exactly the first stop line the slow reference finds.
+        """
+        self.check_random(b"STOP", [
+            b"S", b"T", b"O", b"P", b"ST", b"OP", b"STOP", b"TOP", b" ", b"\t", b"\r", b"\x0b", b"\x0c",
+            b"\n", b"\n", b"x", b"\x00", b"\xff", b"STOP\n", b"\nSTO", b"  STOP  \r\n", b"xx" * 20,
+        ])
+
+    def test_random_one_byte_and_spaced_words(self):
+        self.check_random(b"Q", [b"Q", b"QQ", b" ", b"\t", b"\r", b"\n", b"\n", b"x", b"Q\n", b"\nQ \n"])
+        self.check_random(b"GO AWAY", [
+            b"GO", b" ", b"AWAY", b"GO AWAY", b"\n", b"\n", b"\r", b"GO  AWAY", b"x", b"GO AWAY\n", b"AW",
+        ])
+
+    def test_line_breaks_in_word_rejected(self):
+        self.assertRaises(ValueError, StopWordScanner, b"A\nB")
+        self.assertRaises(ValueError, StopWordScanner, b" STOP")

@@ -121,6 +121,7 @@ class OptionsTests(SynchronousTestCase):
             ("--idle-timeout", "-1"): "--idle-timeout: must be 0 or more, got -1",
             ("--max-per-ip", "x"): "--max-per-ip: 'x' is not a whole number",
             ("--pb-users", "/nonexistent/users"): "--pb-users /nonexistent/users: no such file or directory",
+            ("--stop-word", "GO\nAWAY"): "--stop-word must be one line",
         }
         for args, message in cases.items():
             e = self.assertRaises(usage.UsageError, parse, *args)

@@ -21,6 +21,7 @@ import threading
 
 from twisted.trial.unittest import TestCase
 
+from tests import peers
 from tests.integration.harness import Daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -213,6 +214,76 @@ class BenchErrorsTests(TestCase):
         self.assertEqual(out.returncode, 2)
 
 
+_LOAD_EXE: list[str] = []
+
+
+def c_load(*args: str) -> tuple[dict | None, subprocess.CompletedProcess]:
+    """benchmarks/servers/load.c (compiled once per test run) with ARGS: (report or None, process)."""
+    if not _LOAD_EXE:
+        cc = peers.require("cc", "gcc")
+        where = tempfile.mkdtemp(prefix="netecho-load-")
+        exe = os.path.join(where, "load")
+        subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", exe, os.path.join(ROOT, "benchmarks", "servers", "load.c")],
+                       check=True, capture_output=True, timeout=120)
+        _LOAD_EXE.append(exe)
+    out = subprocess.run([_LOAD_EXE[0], *args], capture_output=True, text=True, timeout=60)
+    return (json.loads(out.stdout) if out.stdout.strip() else None), out
+
+
+class CLoadGeneratorTests(TestCase):
+    """
+    benchmarks/servers/load.c, the C load generator run.py uses: round trips
+    against the daemon, and wrong echoes counted as errors, never as round trips.
+    """
+
+    def test_against_daemon(self) -> None:
+        where = tempfile.mkdtemp(prefix="netecho-bench-test-")
+        self.addCleanup(shutil.rmtree, where, True)
+        path = os.path.join(where, "echo.sock")
+        daemon = Daemon(self, "--tcp", "0", "--udp", "0", "--unix", path, *NO_THROTTLE).start()
+        targets = {
+            "tcp": ["127.0.0.1", str(daemon.port("--tcp 0"))],
+            "udp": ["127.0.0.1", str(daemon.port("--udp 0"))],
+            "unix": [path],
+        }
+        for transport, target in targets.items():
+            for size in ("1", "1024", "20000"):
+                report, out = c_load(transport, *target, "--connections", "3", "--size", size,
+                                     "--duration", "0.3", "--warmup", "0.05")
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(report["errors"], 0, (transport, size, report))
+                self.assertGreater(report["round_trips"], 10, (transport, size))
+                self.assertEqual(report["size"], int(size))
+                latency = report["latency_ms"]
+                self.assertTrue(0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"], latency)
+
+    def test_corrupt_and_short(self) -> None:
+        server = BrokenServer(self, "tcp", "corrupt", 256)
+        report, out = c_load("tcp", "127.0.0.1", str(server.port), "--connections", "2", "--size", "256",
+                             "--duration", "0.4", "--warmup", "0")
+        self.assertEqual(report["round_trips"], 0)
+        self.assertGreater(report["error_kinds"].get("corrupt", 0), 0)
+        server = BrokenServer(self, "tcp", "short", 100)
+        report, out = c_load("tcp", "127.0.0.1", str(server.port), "--connections", "2", "--size", "100",
+                             "--duration", "0.5", "--warmup", "0", "--timeout", "0.1")
+        self.assertEqual(report["round_trips"], 0)
+        self.assertGreater(report["error_kinds"].get("timeout", 0), 0)
+        server = BrokenServer(self, "udp", "short", 512)
+        report, out = c_load("udp", "127.0.0.1", str(server.port), "--connections", "2", "--size", "512",
+                             "--duration", "0.4", "--warmup", "0")
+        self.assertEqual(report["round_trips"], 0)
+        self.assertGreater(report["error_kinds"].get("short", 0), 0)
+
+    def test_unreachable(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        report, out = c_load("tcp", "127.0.0.1", str(port), "--duration", "0.2")
+        self.assertIsNone(report)
+        self.assertEqual(out.returncode, 100)
+        self.assertEqual(out.stderr, f"dial tcp 127.0.0.1:{port}: connection refused\n")
+
+
 HEADER = ["transport", "conns", "size", "server", "rt/s", "p99_ms", "errors", "x_twisted", "x_asyncio"]
 
 
@@ -235,6 +306,8 @@ class BenchmarkScriptTests(TestCase):
         lines = out.stdout.splitlines()
         start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["transport"])
         self.assertEqual(lines[start].split(), HEADER)
+        client = "c (servers/load.c)" if shutil.which("cc") else "python (netecho bench)"
+        self.assertIn(f"load generator ({client})", lines[start - 1])
         rows = []
         for line in lines[start + 1:]:
             if not line.strip():

@@ -500,21 +500,37 @@ class TLSTests(TestCase):
         self.assertEqual(bytes(received), data)
 
 
-class FastReactorTests(TestCase):
-    def test_netecho_epoll_reactor(self):
-        """twistd --reactor netecho-epoll: the same echo, the same clean stop."""
+class ReactorChoiceTests(TestCase):
+    """
+    twistd netecho runs on netecho's epoll reactor unless --reactor picks
+    another; either way the echo and the stop are the same.
+    """
+
+    def check(self, reactor_option, reactor_class):
         peers.require_openbsd_nc()
         daemon = Daemon(self, "--tcp", "0", "--udp", "127.0.0.1:0")
-        daemon.command = lambda: [*twistd_command(), "--reactor", "netecho-epoll", "--nodaemon",
+        daemon.command = lambda: [*twistd_command(), *reactor_option, "--nodaemon",
                                   "--pidfile=", "netecho", *daemon.args]
         daemon.start()
-        self.assertIn("DirectEPollReactor", daemon.wait_for("reactor class"))
+        self.assertIn(f"reactor class: {reactor_class}", daemon.wait_for("reactor class"))
         data = os.urandom(1 << 20)
         self.assertEqual(nc(["-N", "127.0.0.1", str(daemon.port("--tcp 0"))], data), data)
+        self.assertEqual(nc(["-N", "127.0.0.1", str(daemon.port("--tcp 0"))], b"a\n  STOP \r\nb\n"),
+                         b"a\n  STOP \r\n")
         self.assertEqual(udp_roundtrip("127.0.0.1", daemon.port("--udp 127.0.0.1:0"), b"x" * 65507),
                          b"x" * 65507)
         self.assertEqual(daemon.stop(), -signal.SIGTERM)
-        self.assertEqual(summary_fields(daemon)["tcp"], 1)
+        fields = summary_fields(daemon)
+        self.assertEqual(fields["tcp"], 2)
+
+    def test_default_is_netecho_epoll(self):
+        self.check([], "netecho.reactor.DirectEPollReactor")
+
+    def test_named_netecho_epoll(self):
+        self.check(["--reactor", "netecho-epoll"], "netecho.reactor.DirectEPollReactor")
+
+    def test_twisted_epoll_when_asked(self):
+        self.check(["--reactor", "epoll"], "twisted.internet.epollreactor.EPollReactor")
 
 
 class RepeatedSignalTests(TestCase):

@@ -1,0 +1,106 @@
+"""
+The stream echo's read path (Echo._doRead) on real loopback and Unix
+sockets, in process: backlog and ordering, the stop word mid-stream, passed
+file descriptors, half-close.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import threading
+
+from twisted.internet import threads
+from twisted.trial.unittest import TestCase
+
+from netecho.testing import tcp_echo, unix_echo
+
+
+def connect(service) -> socket.socket:
+    if service.path is not None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(service.path)
+    else:
+        s = socket.create_connection((service.host, service.port))
+    s.settimeout(10)
+    return s
+
+
+def read_all(s: socket.socket, limit: int = 64 << 20) -> bytes:
+    chunks, total = [], 0
+    while total < limit:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def send_and_collect(service, data: bytes, shut: bool = True) -> bytes:
+    """Send C{data} from one thread while reading in another; the whole reply."""
+    with connect(service) as s:
+        def sender() -> None:
+            s.sendall(data)
+            if shut:
+                s.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=sender)
+        t.start()
+        try:
+            return read_all(s)
+        finally:
+            t.join(10)
+
+
+class StreamReadPathTests(TestCase):
+    async def test_big_stream_in_order(self):
+        """16 MiB of random bytes both ways at once, byte for byte, over TCP and Unix."""
+        data = os.urandom(16 << 20).replace(b"\n", b"x")  # no line at all, so no stop word
+        for service in (tcp_echo(self), unix_echo(self)):
+            reply = await threads.deferToThread(send_and_collect, service, data)
+            self.assertEqual(len(reply), len(data))
+            self.assertTrue(reply == data)
+
+    async def test_stop_word_mid_stream(self):
+        """Everything up to the stop line comes back, nothing after it, then the close."""
+        head = os.urandom(300_000).replace(b"STOP", b"stop")
+        data = head + b"\n \tSTOP\r\n" + b"after the stop word\n" * 1000
+        for service in (tcp_echo(self), unix_echo(self)):
+            reply = await threads.deferToThread(send_and_collect, service, data, False)
+            self.assertTrue(reply == head + b"\n \tSTOP\r\n", (len(reply), len(head)))
+
+    async def test_passed_descriptors_are_not_kept(self):
+        """
+        A Unix client that passes file descriptors gets its bytes echoed; the
+        descriptors never become open files of the server's process.
+        """
+        service = unix_echo(self)
+
+        def exchange() -> tuple[bytes, int, int]:
+            before = len(os.listdir("/proc/self/fd"))
+            r, w = os.pipe()
+            with connect(service) as s:
+                s.sendmsg([b"with fds\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]))])
+                reply = b""
+                while len(reply) < 9:
+                    reply += s.recv(100)
+                os.close(r)
+                os.close(w)
+                s.sendall(b"more\n")
+                reply += s.recv(100)
+            return reply, before, len(os.listdir("/proc/self/fd"))
+
+        reply, before, after = await threads.deferToThread(exchange)
+        self.assertEqual(reply, b"with fds\nmore\n")
+        # (The server's side of the connection may still be closing: at most that one.)
+        self.assertLessEqual(after, before + 1)
+        self.assertEqual(service.stats.unix, 1)
+
+    async def test_half_close(self):
+        """The client shuts down its sending side: all of it comes back, then EOF."""
+        data = b"line one\nline two, no newline at the end"
+        for service in (tcp_echo(self), unix_echo(self)):
+            reply = await threads.deferToThread(send_and_collect, service, data)
+            self.assertEqual(reply, data)
