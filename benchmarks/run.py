@@ -148,6 +148,12 @@ class Server:
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time used by the server process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
@@ -243,13 +249,21 @@ def one_cell(server: Server, transport: str, conns: int, size: int, args) -> dic
         return {"error": f"{server.name} has no {transport} listener"}
     if not server.alive():
         return {"error": f"{server.name} is not running"}
+    cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     if args.load_exe:
-        return c_load(args.load_exe, transport, address, conns, size, args)
-    try:
-        report = measure(transport, address, connections=conns, size=size, duration=args.duration,
-                         warmup=args.warmup, timeout=0.5 if transport == "udp" else 5.0)
-    except UserError as e:
-        return {"error": str(e)}
+        report = c_load(args.load_exe, transport, address, conns, size, args)
+    else:
+        try:
+            report = measure(transport, address, connections=conns, size=size, duration=args.duration,
+                             warmup=args.warmup, timeout=0.5 if transport == "udp" else 5.0)
+        except UserError as e:
+            return {"error": str(e)}
+    if "error" not in report and report["round_trips_per_s"] > 0:
+        # The server's CPU time (user + system) per round trip, from its
+        # share of a CPU over the whole run: a measure that other load on the
+        # machine disturbs less than round trips per second do.
+        busy = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        report["server_cpu_us"] = round(busy * 1e6 / report["round_trips_per_s"], 2)
     return report
 
 
@@ -266,6 +280,31 @@ def c_load(exe: str, transport: str, address, conns: int, size: int, args) -> di
     if out.returncode != 0 or not out.stdout.strip():
         return {"error": (out.stderr.strip().splitlines() or [f"load exited {out.returncode}"])[-1]}
     return json.loads(out.stdout)
+
+
+def warm_up(server: Server, transport: str, count: int = 5) -> None:
+    """
+    A few whole connections (connect, one echo, close) before anything is
+    measured: a stream server that has run for a while has seen connections
+    come and go. (Until it has, a fresh asyncio server takes every 256 KiB
+    read buffer from mmap(); see RESULTS.md.)
+    """
+    address = server.addresses[transport]
+    for _ in range(count):
+        if transport == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(address)
+        else:
+            s = socket.create_connection(address, timeout=5)
+        with s:
+            s.sendall(b"warm-up\n")
+            got = b""
+            while len(got) < 8:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                got += chunk
 
 
 def idle_memory(server: Server, count: int) -> dict:
@@ -417,7 +456,7 @@ def _lookup_run(argv: list[str], timeout: float) -> tuple[int, float, str]:
 
 # --- output ----------------------------------------------------------------------
 
-HEADER = ("transport", "conns", "size", "server", "rt/s", "p99_ms", "errors", "x_twisted", "x_asyncio")
+HEADER = ("transport", "conns", "size", "server", "rt/s", "p99_ms", "cpu_us", "errors", "x_twisted", "x_asyncio")
 
 
 def summarize(samples: dict, cells, names: list[str]) -> list[dict]:
@@ -431,12 +470,14 @@ def summarize(samples: dict, cells, names: list[str]) -> list[dict]:
                 medians[name] = {
                     "rt_per_s": statistics.median(r["round_trips_per_s"] for r in ok),
                     "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in ok),
+                    "cpu_us": statistics.median(r["server_cpu_us"] for r in ok) if all(
+                        "server_cpu_us" in r for r in ok) else None,
                     "errors": sum(r["errors"] for r in ok),
                     "runs": len(ok),
                     "failed_runs": [r["error"] for r in runs if "error" in r],
                 }
             elif runs:
-                medians[name] = {"rt_per_s": 0.0, "p99_ms": None, "errors": None, "runs": 0,
+                medians[name] = {"rt_per_s": 0.0, "p99_ms": None, "cpu_us": None, "errors": None, "runs": 0,
                                  "failed_runs": [r["error"] for r in runs]}
         for name in names:
             if name not in medians:
@@ -461,6 +502,8 @@ def format_rows(rows: list[dict]) -> str:
             return f"{value:.0f}"
         if key == "p99_ms":
             return f"{value:.3f}"
+        if key == "cpu_us":
+            return f"{value:.2f}"
         if key in ("x_twisted", "x_asyncio"):
             return f"{value:.2f}"
         return str(value)
@@ -578,42 +621,60 @@ def main(argv=None) -> int:
             if args.load_exe is None:
                 log(f"load generator: python ({why})")
         result_client = "c (servers/load.c)" if args.load_exe else "python (netecho bench)"
-        servers, skipped = make_servers(args.server_names, tmp, server_cpu, tuple(shlex.split(args.netecho_args)))
-        for s in servers:
-            s.start()
+        netecho_args = tuple(shlex.split(args.netecho_args))
+        groups = [("memory", [])] if not args.no_extras else []
+        groups += [(t, [c for c in cells if c[0] == t]) for t in TRANSPORTS if any(c[0] == t for c in cells)]
         if client_cpu is not None:
             os.sched_setaffinity(0, {client_cpu})
-        names = [s.name for s in servers]
         log(f"servers on CPU {server_cpu}, load generator on CPU {client_cpu}; "
-            f"{len(cells)} cells x {len(servers)} servers x {args.repeat}, {args.duration:g} s each")
+            f"{len(cells)} cells x {len(args.server_names)} servers x {args.repeat}, {args.duration:g} s each")
         result: dict = {"cpus": os.cpu_count(), "server_cpu": server_cpu, "client_cpu": client_cpu,
                         "client": result_client,
-                        "duration": args.duration, "warmup": args.warmup, "repeat": args.repeat,
-                        "skipped": skipped}
-        by_name = {s.name: s for s in servers}
-        if not args.no_extras:
-            # Idle memory first, while every server is fresh.
-            result["idle_memory"] = {}
-            for name in SERVERS:
-                if name in by_name:
+                        "duration": args.duration, "warmup": args.warmup, "repeat": args.repeat}
+        samples: dict = {}
+        names: list[str] = []
+        for group, group_cells in groups:
+            # Fresh servers for each transport (and for the memory and PB
+            # measurements): what one transport did to a process must not
+            # change what the next one measures. (It does: asyncio's UDP
+            # echo is four times slower in a process that has not yet freed
+            # a large buffer; see RESULTS.md.)
+            where = os.path.join(tmp, group)
+            os.mkdir(where)
+            servers, skipped = make_servers(args.server_names, where, server_cpu, netecho_args)
+            result["skipped"] = skipped
+            for server in servers:
+                server.start()
+                if group in ("tcp", "unix"):
+                    warm_up(server, group)
+            names = [server.name for server in servers]
+            by_name = {server.name: server for server in servers}
+            if group == "memory":
+                result["idle_memory"] = {}
+                for name in names:
                     try:
                         result["idle_memory"][name] = idle_memory(by_name[name], args.idle)
                     except (OSError, RuntimeError) as e:
                         result["idle_memory"][name] = {"error": str(e)}
                     log(f"idle memory {name}: {result['idle_memory'][name]}")
-        samples: dict = {}
-        for rep in range(args.repeat):
-            for transport, conns, size in cells:
-                # Interleaved, in an order that turns with each repetition.
-                order = servers[rep % len(servers):] + servers[: rep % len(servers)]
-                for server in order:
-                    report = one_cell(server, transport, conns, size, args)
-                    samples.setdefault((transport, conns, size, server.name), []).append(report)
-                    shown = report.get("error") or f"{report['round_trips_per_s']:.0f} rt/s, {report['errors']} errors"
-                    log(f"[{rep + 1}/{args.repeat}] {transport}/{conns}/{size} {server.name}: {shown}")
+                result["pb"] = pb_calls(by_name["netecho"], args) if "netecho" in by_name else []
+            for rep in range(args.repeat):
+                for transport, conns, size in group_cells:
+                    # Interleaved, in an order that turns with each repetition.
+                    order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+                    for server in order:
+                        report = one_cell(server, transport, conns, size, args)
+                        samples.setdefault((transport, conns, size, server.name), []).append(report)
+                        shown = report.get("error") or f"{report['round_trips_per_s']:.0f} rt/s, {report['errors']} errors"
+                        log(f"[{rep + 1}/{args.repeat}] {transport}/{conns}/{size} {server.name}: {shown}")
+            for server in servers:
+                try:
+                    server.stop()
+                except Exception as e:  # keep stopping the others
+                    log(f"stopping {server.name}: {e}")
+            servers = []
         result["rows"] = summarize(samples, cells, names)
         if not args.no_extras:
-            result["pb"] = pb_calls(by_name["netecho"], args) if "netecho" in by_name else []
             result["dns"] = dns_lookups(tmp, server_cpu, 300 if args.quick else 3000)
             log(f"dns: {result['dns']}")
         result["seconds"] = round(time.monotonic() - began, 1)

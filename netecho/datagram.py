@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
-from twisted.internet import protocol
+from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
+
+from twisted.internet import protocol, udp
 from twisted.logger import Logger
 
 from netecho.address import join_host_port, unmap
@@ -17,6 +19,10 @@ from netecho.throttle import ThrottledLog
 #: Largest UDP payload over IPv4; IPv6 allows 65,527, so read 65,536 to see
 #: every datagram whole (Twisted reads only 8,192 bytes by default).
 MAX_DATAGRAM = 65536
+
+#: Read errors that end a read turn without closing the port: nothing left,
+#: interrupted, or an ICMP "port unreachable" left over from an earlier reply.
+_READ_IGNORED = frozenset((EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED))
 
 
 @lru_cache(maxsize=4096)
@@ -81,6 +87,32 @@ class DatagramEcho(protocol.DatagramProtocol):
         # Replies go straight to sendto(): the address came from recvfrom(),
         # so Port.write()'s address checks are work for nothing.
         self._sendto = self.transport.socket.sendto
+        if type(self.transport) is udp.Port:
+            self._recvfrom = self.transport.socket.recvfrom
+            self.transport.doRead = self._doRead
+
+    def _doRead(self) -> None:
+        """
+        The port's doRead: what Twisted's udp.Port.doRead does (read until
+        the socket is empty or maxThroughput bytes were read, ignore a
+        refused or interrupted read, log what datagramReceived raises), in
+        fewer steps per datagram.
+        """
+        recvfrom = self._recvfrom
+        received = self.datagramReceived
+        budget = self.transport.maxThroughput
+        while budget > 0:
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except OSError as e:
+                if e.errno in _READ_IGNORED:
+                    return
+                raise
+            budget -= len(data) or 1
+            try:
+                received(data, addr)
+            except Exception:
+                self.log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
 
     def _refuse(self, reason: str, host: str, port: int) -> None:
         self.stats.drop(reason)
@@ -102,9 +134,14 @@ class DatagramEcho(protocol.DatagramProtocol):
             return self._refuse("udp_group_source", host, port)
         if port == self._own[1] and unmap(host) == self._own[0]:
             return self._refuse("udp_own_address", host, port)
-        if self.rate is not None and not self.rate.allow(network):
-            return self._refuse("udp_rate_limited", host, port)
-        if self.global_rate is not None and not self.global_rate.allow(None):
+        rate, global_rate = self.rate, self.global_rate
+        if rate is not None:
+            now = rate.clock()  # one read for both windows (they share a clock)
+            if not rate.allow(network, now):
+                return self._refuse("udp_rate_limited", host, port)
+            if global_rate is not None and not global_rate.allow(None, now):
+                return self._refuse("udp_global_rate_limited", host, port)
+        elif global_rate is not None and not global_rate.allow(None):
             return self._refuse("udp_global_rate_limited", host, port)
         try:
             self._sendto(data, addr)

@@ -77,14 +77,19 @@ class RateWindow:
     def __init__(self, rate: float, size: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = rate
         self.size = size
-        self._clock = clock
+        self.clock = self._clock = clock
         # A window opens with the first event after the last one closed.
         self._start = float("-inf")
         self._counts: dict = {}
 
-    def allow(self, key: Hashable) -> bool:
-        """Count one event for C{key}; False if its window is full."""
-        now = self._clock()
+    def allow(self, key: Hashable, now: float | None = None) -> bool:
+        """
+        Count one event for C{key}; False if its window is full. C{now}, if
+        given, is this window's clock read by the caller (one read for
+        several windows).
+        """
+        if now is None:
+            now = self._clock()
         counts = self._counts
         if now - self._start >= 1.0:
             counts.clear()

@@ -104,3 +104,46 @@ class StreamReadPathTests(TestCase):
         for service in (tcp_echo(self), unix_echo(self)):
             reply = await threads.deferToThread(send_and_collect, service, data)
             self.assertEqual(reply, data)
+
+
+class DatagramReadPathTests(TestCase):
+    """DatagramEcho._doRead, the UDP port's read loop, on a real socket."""
+
+    async def test_bursts_sizes_and_an_unreachable_sender(self):
+        """
+        Bursts from several sockets (read several to a turn), an empty and a
+        65,507-byte datagram, and a sender that vanished before its echo
+        (the ICMP error that follows must not close the port).
+        """
+        from netecho.testing import udp_echo
+
+        service = udp_echo(self)
+        address = (service.host, service.port)
+
+        def exchange() -> list:
+            gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            gone.sendto(b"nobody will read this", address)
+            gone.close()  # its echo meets a closed port: ICMP unreachable
+            results = []
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+            try:
+                for s in socks:
+                    s.settimeout(5)
+                for round_ in range(20):
+                    for i, s in enumerate(socks):
+                        s.sendto(b"%d:%d" % (i, round_), address)
+                for i, s in enumerate(socks):
+                    results.append(sorted(s.recv(100) for _ in range(20)))
+                for payload in (b"", b"z" * 65507):
+                    socks[0].sendto(payload, address)
+                    results.append(socks[0].recv(65536) == payload)
+            finally:
+                for s in socks:
+                    s.close()
+            return results
+
+        results = await threads.deferToThread(exchange)
+        for i in range(5):
+            self.assertEqual(results[i], sorted(b"%d:%d" % (i, r) for r in range(20)))
+        self.assertEqual(results[5:], [True, True])
+        self.assertEqual(service.stats.datagrams_echoed, 1 + 100 + 2)

@@ -284,7 +284,7 @@ class CLoadGeneratorTests(TestCase):
         self.assertEqual(out.stderr, f"dial tcp 127.0.0.1:{port}: connection refused\n")
 
 
-HEADER = ["transport", "conns", "size", "server", "rt/s", "p99_ms", "errors", "x_twisted", "x_asyncio"]
+HEADER = ["transport", "conns", "size", "server", "rt/s", "p99_ms", "cpu_us", "errors", "x_twisted", "x_asyncio"]
 
 
 def number_or_dash(text: str) -> None:
@@ -325,7 +325,8 @@ class BenchmarkScriptTests(TestCase):
                 number_or_dash(value)
         twisted_rows = [f for f in rows if f[3] == "twisted" and f[4] != "0"]
         for fields in twisted_rows:
-            self.assertEqual(fields[7], "1.00")
+            self.assertEqual(fields[8], "1.00")
+            self.assertGreater(float(fields[6]), 0)  # its CPU per round trip
         self.assertIn("idle memory", out.stdout)
         self.assertIn("netecho PB calls", out.stdout)
         self.assertIn("DNS lookups", out.stdout)
