@@ -5,6 +5,12 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+try:
+    # The scan in C (netecho/_scan.c), when it could be built.
+    from netecho._scan import feed as c_feed, inner_stop_line
+except ImportError:  # pragma: no cover - depends on the build
+    c_feed = inner_stop_line = None
+
 #: What bytes.strip() trims, as a set and as a regular expression (less
 #: the line feed, which ends a line and so is never inside one).
 _BLANK = frozenset(b" \t\n\r\x0b\x0c")
@@ -26,9 +32,11 @@ def _candidate(text: bytes, word: bytes) -> bytes | None:
 @lru_cache(maxsize=16)
 def _inner_line(word: bytes):
     """
-    The search for a stop line with a line feed on both sides: one pass in
-    C over the chunk (about twice as fast as C{word in data} on binary data,
-    whose bytes.find cannot skip far with a short needle).
+    The search for a stop line with a line feed on both sides, where
+    netecho._scan was not built: one pass of the regular expression engine
+    over the chunk (about twice as fast as C{word in data} on binary data,
+    whose bytes.find cannot skip far with a short needle; the C version
+    jumps from line feed to line feed with memchr).
     """
     return re.compile(b"\n" + _BLANKS + re.escape(word) + _BLANKS + b"(?=\n)").search
 
@@ -60,6 +68,11 @@ class StopWordScanner:
         """
         word = self.word
         pending = self._pending
+        if c_feed is not None:
+            end, new_pending = c_feed(data, word, pending)
+            if end != -2:  # (-2: a piece of the word is pending; done below)
+                self._pending = new_pending
+                return end
         first = data.find(b"\n")
         if first < 0:
             if pending is not None:
@@ -71,9 +84,14 @@ class StopWordScanner:
         # Lines wholly inside this chunk.
         last = data.rfind(b"\n")
         if first < last:
-            found = self._search(data, first, last + 1)
-            if found is not None:
-                return found.end() + 1
+            if inner_stop_line is not None:
+                end = inner_stop_line(data, word, first, last + 1)
+                if end >= 0:
+                    return end + 1
+            else:
+                found = self._search(data, first, last + 1)
+                if found is not None:
+                    return found.end() + 1
         # The unfinished last line. A candidate is whitespace, then at most
         # len(word) non-blank bytes, then (only after the whole word)
         # whitespace: if the last byte and the one len(word) before it are

@@ -1,6 +1,8 @@
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from netecho import stopword
 from netecho.stopword import StopWordScanner
+from tests import peers
 
 
 def first_stop(chunks, word=b"STOP"):
@@ -113,3 +115,33 @@ class StopWordAgainstReferenceTests(SynchronousTestCase):
     def test_line_breaks_in_word_rejected(self):
         self.assertRaises(ValueError, StopWordScanner, b"A\nB")
         self.assertRaises(ValueError, StopWordScanner, b" STOP")
+
+
+class PurePythonScannerTests(StopWordScannerTests, StopWordAgainstReferenceTests):
+    """The same tests with the pure-Python inner search (no netecho._scan)."""
+
+    def setUp(self):
+        self.patch(stopword, "c_feed", None)
+        self.patch(stopword, "inner_stop_line", None)
+
+
+class CInnerLoopOnlyTests(StopWordScannerTests, StopWordAgainstReferenceTests):
+    """The same tests with netecho._scan's inner search but Python's feed."""
+
+    def setUp(self):
+        if stopword.inner_stop_line is None:
+            raise SkipTest("netecho._scan is not built (CScannerTests says whether that is allowed)")
+        self.patch(stopword, "c_feed", None)
+
+
+class CScannerTests(SynchronousTestCase):
+    def test_built(self):
+        """Where the suite's C extension was built (CI), the scanner uses it."""
+        if stopword.inner_stop_line is None or stopword.c_feed is None:
+            peers.missing("netecho._scan is not built (needs gcc and Python's headers; scripts/test builds it)")
+        self.assertEqual(stopword.c_feed(b"ab\n  STOP\t\nc", b"STOP", None), (11, None))
+        self.assertEqual(stopword.c_feed(b"ab\nST", b"STOP", None), (-1, b"ST"))
+        self.assertEqual(stopword.c_feed(b"OP", b"STOP", b"ST"), (-2, b"ST"))
+        self.assertEqual(stopword.inner_stop_line(b"x\n STOP \ny\n", b"STOP", 1, 11), 8)
+        self.assertEqual(stopword.inner_stop_line(b"x\nSTOPx\nSTOP\n", b"STOP", 1, 13), 12)
+        self.assertEqual(stopword.inner_stop_line(b"x\nSTOP\n", b"STOP", 1, 6), -1)  # its LF is not before end
