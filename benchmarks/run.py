@@ -522,13 +522,14 @@ def format_extras(result: dict) -> str:
     mem = result.get("idle_memory") or {}
     if mem:
         n = next(iter(mem.values())).get("connections", 0)
+        w = max(len("server"), *(len(name) for name in mem))
         lines += ["", f"idle memory ({n} idle TCP connections, server RSS)",
-                  f"{'server':<8}  {'rss_before_kib':>14}  {'rss_after_kib':>13}  {'kib_per_conn':>12}  {'mib_per_1000':>12}"]
+                  f"{'server':<{w}}  {'rss_before_kib':>14}  {'rss_after_kib':>13}  {'kib_per_conn':>12}  {'mib_per_1000':>12}"]
         for name, m in mem.items():
             if "error" in m:
-                lines.append(f"{name:<8}  error: {m['error']}")
+                lines.append(f"{name:<{w}}  error: {m['error']}")
                 continue
-            lines.append(f"{name:<8}  {m['rss_before_kib']:>14}  {m['rss_after_kib']:>13}  "
+            lines.append(f"{name:<{w}}  {m['rss_before_kib']:>14}  {m['rss_after_kib']:>13}  "
                          f"{m['kib_per_connection']:>12.2f}  {m['kib_per_connection'] * 1000 / 1024:>12.2f}")
     pb = result.get("pb") or []
     if pb:
