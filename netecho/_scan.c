@@ -20,6 +20,29 @@ static int blank(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' || c == '\n';
 }
 
+/*
+ * The first line in [line, stop) that ends with a line feed before stop and
+ * whose trimmed text is the word: the address of that line feed, or NULL.
+ * *last is set to the last line feed passed (left alone if none).
+ */
+static const unsigned char *stop_line(const unsigned char *line, const unsigned char *stop,
+                                      const unsigned char *w, Py_ssize_t wlen,
+                                      const unsigned char **last) {
+    while (line < stop) {
+        const unsigned char *lf = memchr(line, '\n', (size_t)(stop - line));
+        if (lf == NULL)
+            break;
+        const unsigned char *a = line, *b = lf;
+        while (a < b && blank(*a)) a++;
+        while (b > a && blank(b[-1])) b--;
+        if (b - a == wlen && memcmp(a, w, (size_t)wlen) == 0)
+            return lf;
+        *last = lf;
+        line = lf + 1;
+    }
+    return NULL;
+}
+
 static PyObject *inner_stop_line(PyObject *self, PyObject *args) {
     Py_buffer data, word;
     Py_ssize_t start, end, found = -1;
@@ -27,23 +50,11 @@ static PyObject *inner_stop_line(PyObject *self, PyObject *args) {
         return NULL;
     if (start < 0) start = 0;
     if (end > data.len) end = data.len;
-    const unsigned char *buf = data.buf, *w = word.buf;
-    Py_ssize_t wlen = word.len;
-    if (wlen > 0 && start < end) {
-        const unsigned char *line = buf + start + 1, *stop = buf + end;
-        while (line < stop) {
-            const unsigned char *lf = memchr(line, '\n', (size_t)(stop - line));
-            if (lf == NULL)
-                break;
-            const unsigned char *a = line, *b = lf;
-            while (a < b && blank(*a)) a++;
-            while (b > a && blank(b[-1])) b--;
-            if (b - a == wlen && memcmp(a, w, (size_t)wlen) == 0) {
-                found = lf - buf;
-                break;
-            }
-            line = lf + 1;
-        }
+    const unsigned char *buf = data.buf, *last = NULL;
+    if (word.len > 0 && start < end) {
+        const unsigned char *lf = stop_line(buf + start + 1, buf + end, word.buf, word.len, &last);
+        if (lf != NULL)
+            found = lf - buf;
     }
     PyBuffer_Release(&data);
     PyBuffer_Release(&word);
@@ -93,33 +104,15 @@ static PyObject *feed(PyObject *self, PyObject *args) {
             new_pending = candidate(buf, n, word_obj, w, wlen);
         goto done;
     }
-    if (at_line_start) {
-        const unsigned char *a = buf, *b = first;
-        while (a < b && blank(*a)) a++;
-        while (b > a && blank(b[-1])) b--;
-        if (b - a == wlen && memcmp(a, w, (size_t)wlen) == 0) {
-            end = first - buf + 1;
-            Py_INCREF(pending);
-            new_pending = pending;
-            goto done;
-        }
-    }
-    const unsigned char *line = first + 1, *last = first, *stop = buf + n;
-    while (line < stop) {
-        const unsigned char *lf = memchr(line, '\n', (size_t)(stop - line));
-        if (lf == NULL)
-            break;
-        const unsigned char *a = line, *b = lf;
-        while (a < b && blank(*a)) a++;
-        while (b > a && blank(b[-1])) b--;
-        if (b - a == wlen && memcmp(a, w, (size_t)wlen) == 0) {
-            end = lf - buf + 1;
-            Py_INCREF(pending);
-            new_pending = pending;
-            goto done;
-        }
-        last = lf;
-        line = lf + 1;
+    /* The unfinished line from the last chunk (if it began at a line
+     * start, pending is b""), then the lines inside this chunk. */
+    const unsigned char *last = first, *stop = buf + n;
+    const unsigned char *lf = stop_line(at_line_start ? buf : first + 1, stop, w, wlen, &last);
+    if (lf != NULL) {
+        end = lf - buf + 1;
+        Py_INCREF(pending);
+        new_pending = pending;
+        goto done;
     }
     new_pending = candidate(last + 1, stop - (last + 1), word_obj, w, wlen);
 done:
