@@ -6,8 +6,8 @@ import re
 from functools import lru_cache
 
 try:
-    # The scan in C (netecho/_scan.c), when it could be built.
-    from netecho._scan import feed as c_feed, inner_stop_line
+    # The scan in C (netecho/_speedups.c), when it could be built.
+    from netecho._speedups import feed as c_feed, inner_stop_line
 except ImportError:  # pragma: no cover - depends on the build
     c_feed = inner_stop_line = None
 
@@ -33,7 +33,7 @@ def _candidate(text: bytes, word: bytes) -> bytes | None:
 def _inner_line(word: bytes):
     """
     The search for a stop line with a line feed on both sides, where
-    netecho._scan was not built: one pass of the regular expression engine
+    netecho._speedups was not built: one pass of the regular expression engine
     over the chunk (about twice as fast as C{word in data} on binary data,
     whose bytes.find cannot skip far with a short needle; the C version
     jumps from line feed to line feed with memchr).

@@ -12,7 +12,9 @@ import socket
 import threading
 
 from twisted.internet import threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
+
+from netecho import datagram
 
 from netecho.testing import tcp_echo, unix_echo
 
@@ -113,8 +115,37 @@ class DatagramReadPathTests(TestCase):
         """
         Bursts from several sockets (read several to a turn), an empty and a
         65,507-byte datagram, and a sender that vanished before its echo
-        (the ICMP error that follows must not close the port).
+        (the ICMP error that follows must not close the port); with
+        netecho._speedups's recvmmsg() batches where it is built.
         """
+        await self.check_bursts()
+
+    async def test_without_batches(self):
+        """The same through the pure-Python read loop (recvfrom per datagram)."""
+        self.patch(datagram, "recv_datagrams", None)
+        await self.check_bursts()
+
+    def test_recv_datagrams(self):
+        """netecho._speedups.recv_datagrams: at most the count asked, in order, then []."""
+        if datagram.recv_datagrams is None:
+            raise SkipTest("netecho._speedups is not built (tests/test_stopword.py says whether that is allowed)")
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(server.close)
+        self.addCleanup(client.close)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        for i in range(20):
+            client.sendto(b"%d" % i * (i + 1), server.getsockname())
+        first = datagram.recv_datagrams(server.fileno(), 16)
+        rest = datagram.recv_datagrams(server.fileno(), 16)
+        self.assertEqual([d for d, _ in first + rest], [b"%d" % i * (i + 1) for i in range(20)])
+        self.assertEqual((len(first), len(rest)), (16, 4))
+        self.assertEqual({a for _, a in first + rest}, {client.getsockname()})
+        self.assertEqual(datagram.recv_datagrams(server.fileno(), 16), [])
+
+    async def check_bursts(self):
         from netecho.testing import udp_echo
 
         service = udp_echo(self)

@@ -118,7 +118,7 @@ class StopWordAgainstReferenceTests(SynchronousTestCase):
 
 
 class PurePythonScannerTests(StopWordScannerTests, StopWordAgainstReferenceTests):
-    """The same tests with the pure-Python inner search (no netecho._scan)."""
+    """The same tests with the pure-Python inner search (no netecho._speedups)."""
 
     def setUp(self):
         self.patch(stopword, "c_feed", None)
@@ -126,11 +126,11 @@ class PurePythonScannerTests(StopWordScannerTests, StopWordAgainstReferenceTests
 
 
 class CInnerLoopOnlyTests(StopWordScannerTests, StopWordAgainstReferenceTests):
-    """The same tests with netecho._scan's inner search but Python's feed."""
+    """The same tests with netecho._speedups's inner search but Python's feed."""
 
     def setUp(self):
         if stopword.inner_stop_line is None:
-            raise SkipTest("netecho._scan is not built (CScannerTests says whether that is allowed)")
+            raise SkipTest("netecho._speedups is not built (CScannerTests says whether that is allowed)")
         self.patch(stopword, "c_feed", None)
 
 
@@ -138,7 +138,7 @@ class CScannerTests(SynchronousTestCase):
     def test_built(self):
         """Where the suite's C extension was built (CI), the scanner uses it."""
         if stopword.inner_stop_line is None or stopword.c_feed is None:
-            peers.missing("netecho._scan is not built (needs gcc and Python's headers; scripts/test builds it)")
+            peers.missing("netecho._speedups is not built (needs gcc and Python's headers; scripts/test builds it)")
         self.assertEqual(stopword.c_feed(b"ab\n  STOP\t\nc", b"STOP", None), (11, None))
         self.assertEqual(stopword.c_feed(b"ab\nST", b"STOP", None), (-1, b"ST"))
         self.assertEqual(stopword.c_feed(b"OP", b"STOP", b"ST"), (-2, b"ST"))

@@ -70,7 +70,7 @@ class PackagingTests(TestCase):
         self.assertFalse([n for n in names if n.endswith("dropin.cache")])
         if shutil.which("cc"):
             # The optional C scanner is built where a compiler is.
-            self.assertTrue([n for n in names if n.startswith("netecho/_scan") and n.endswith(".so")], names)
+            self.assertTrue([n for n in names if n.startswith("netecho/_speedups") and n.endswith(".so")], names)
 
     def check_install(self, artifact: Path) -> None:
         venv = Path(tempfile.mkdtemp(prefix="venv-", dir=self.work))
