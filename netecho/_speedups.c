@@ -5,7 +5,9 @@
  *
  * - the stop-word scanner (netecho/stopword.py): feed(), inner_stop_line();
  * - reading a batch of UDP datagrams with one recvmmsg() (netecho/datagram.py):
- *   recv_datagrams().
+ *   recv_datagrams();
+ * - one read turn of a stream echo: recv, scan, send (netecho/echo.py):
+ *   echo_stream().
  *
  * inner_stop_line(data, word, start, end) -> int
  *
@@ -93,45 +95,119 @@ static PyObject *candidate(const unsigned char *text, Py_ssize_t n, PyObject *wo
  * same results; (-2, pending) when pending is a non-empty prefix of the
  * word, which the Python code handles.
  */
-static PyObject *feed(PyObject *self, PyObject *args) {
-    Py_buffer data;
-    PyObject *word_obj, *pending, *result = NULL, *new_pending = NULL;
-    Py_ssize_t end = -1;
-    if (!PyArg_ParseTuple(args, "y*SO", &data, &word_obj, &pending))
-        return NULL;
-    const unsigned char *buf = data.buf, *w = (const unsigned char *)PyBytes_AS_STRING(word_obj);
-    Py_ssize_t n = data.len, wlen = PyBytes_GET_SIZE(word_obj);
-    int at_line_start = pending != Py_None;  /* pending == b"" */
-    if (at_line_start && (!PyBytes_Check(pending) || PyBytes_GET_SIZE(pending) != 0)) {
-        PyBuffer_Release(&data);
-        return Py_BuildValue("nO", (Py_ssize_t)-2, pending);
-    }
+/*
+ * StopWordScanner.feed() on buf[0:n] for a pending text that is None or
+ * b"": sets *end (-1: no stop line) and *new_pending (a new reference, or
+ * NULL for None). Returns 0, 1 if pending is a non-empty prefix of the word
+ * (left to the Python code), or -1 with an exception set.
+ */
+static int scan_chunk(const unsigned char *buf, Py_ssize_t n, PyObject *word_obj, PyObject *pending,
+                      Py_ssize_t *end, PyObject **new_pending) {
+    const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word_obj);
+    Py_ssize_t wlen = PyBytes_GET_SIZE(word_obj);
+    int at_line_start = pending != Py_None; /* pending == b"" */
+    *end = -1;
+    *new_pending = NULL;
+    if (at_line_start && (!PyBytes_Check(pending) || PyBytes_GET_SIZE(pending) != 0))
+        return 1;
     const unsigned char *first = memchr(buf, '\n', (size_t)n);
     if (first == NULL) {
         if (at_line_start)
-            new_pending = candidate(buf, n, word_obj, w, wlen);
-        goto done;
+            *new_pending = candidate(buf, n, word_obj, w, wlen);
+        return PyErr_Occurred() ? -1 : 0;
     }
     /* The unfinished line from the last chunk (if it began at a line
      * start, pending is b""), then the lines inside this chunk. */
     const unsigned char *last = first, *stop = buf + n;
     const unsigned char *lf = stop_line(at_line_start ? buf : first + 1, stop, w, wlen, &last);
     if (lf != NULL) {
-        end = lf - buf + 1;
+        *end = lf - buf + 1;
         Py_INCREF(pending);
-        new_pending = pending;
-        goto done;
+        *new_pending = pending;
+        return 0;
     }
-    new_pending = candidate(last + 1, stop - (last + 1), word_obj, w, wlen);
-done:
-    if (PyErr_Occurred()) {
-        Py_XDECREF(new_pending);
-        PyBuffer_Release(&data);
+    *new_pending = candidate(last + 1, stop - (last + 1), word_obj, w, wlen);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/*
+ * feed(data, word, pending) -> (end, pending): StopWordScanner.feed() for a
+ * scanner whose pending text is None or empty (the common case), with the
+ * same results; (-2, pending) when pending is a non-empty prefix of the
+ * word, which the Python code handles.
+ */
+static PyObject *feed(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    PyObject *word_obj, *pending, *new_pending, *result;
+    Py_ssize_t end;
+    if (!PyArg_ParseTuple(args, "y*SO", &data, &word_obj, &pending))
         return NULL;
-    }
+    int r = scan_chunk(data.buf, data.len, word_obj, pending, &end, &new_pending);
+    PyBuffer_Release(&data);
+    if (r < 0)
+        return NULL;
+    if (r == 1)
+        return Py_BuildValue("nO", (Py_ssize_t)-2, pending);
     result = Py_BuildValue("nO", end, new_pending ? new_pending : Py_None);
     Py_XDECREF(new_pending);
-    PyBuffer_Release(&data);
+    return result;
+}
+
+/*
+ * echo_stream(fd, word, pending) -> None or (kind, n, pending, data): one
+ * read turn of a stream echo whose transport has nothing buffered: recv()
+ * up to 64 KiB from the non-blocking socket fd, look for the stop word
+ * (word: bytes, or None for no stop word; pending: the scanner's pending
+ * text) and send the bytes straight back, all without making them a Python
+ * object. None: nothing to read. kind 0: n bytes read and all sent; 1: n read,
+ * data is what send() did not take (it goes to transport.write(), which also
+ * reports a send error); 2: n read and nothing sent, data is the chunk, for
+ * the Python code (a stop line in it, or a piece of the word pending);
+ * 3: end of file. pending: the scanner's new pending text (unchanged for 2).
+ * OSError for a failed recv().
+ */
+static unsigned char stream_buf[65536];
+
+static PyObject *echo_stream(PyObject *self, PyObject *args) {
+    int fd;
+    PyObject *word_obj, *pending, *new_pending = NULL, *result;
+    Py_ssize_t end = -1;
+    if (!PyArg_ParseTuple(args, "iOO", &fd, &word_obj, &pending))
+        return NULL;
+    if (word_obj != Py_None && !PyBytes_Check(word_obj)) {
+        PyErr_SetString(PyExc_TypeError, "echo_stream: word must be bytes or None");
+        return NULL;
+    }
+    /* Non-blocking calls: the GIL stays held (and guards stream_buf). */
+    ssize_t n = recv(fd, stream_buf, sizeof stream_buf, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n == 0)
+        return Py_BuildValue("inOO", 3, (Py_ssize_t)0, pending, Py_None);
+    if (word_obj != Py_None) {
+        int r = scan_chunk(stream_buf, n, word_obj, pending, &end, &new_pending);
+        if (r < 0)
+            return NULL;
+        if (r == 1 || end >= 0) {
+            Py_XDECREF(new_pending);
+            return Py_BuildValue("inOy#", 2, (Py_ssize_t)n, pending, (const char *)stream_buf, (Py_ssize_t)n);
+        }
+    } else {
+        Py_INCREF(pending);
+        new_pending = pending;
+    }
+    ssize_t sent = send(fd, stream_buf, (size_t)n, MSG_NOSIGNAL);
+    if (sent < 0)
+        sent = 0; /* EAGAIN, or an error transport.write() will find and report */
+    if (sent == n)
+        result = Py_BuildValue("inOO", 0, (Py_ssize_t)n, new_pending ? new_pending : Py_None, Py_None);
+    else
+        result = Py_BuildValue("inOy#", 1, (Py_ssize_t)n, new_pending ? new_pending : Py_None,
+                               (const char *)stream_buf + sent, (Py_ssize_t)(n - sent));
+    Py_XDECREF(new_pending);
     return result;
 }
 
@@ -197,6 +273,8 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"echo_stream", echo_stream, METH_VARARGS,
+     "echo_stream(fd, word, pending): one read turn of a stream echo (see netecho/_speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
      "recv_datagrams(fd, count) -> [(data, (host, port)), ...]: up to count IPv4 datagrams by one recvmmsg()"},
     {"feed", feed, METH_VARARGS,

@@ -16,6 +16,12 @@ from netecho.limits import Guard
 from netecho.stats import Stats
 from netecho.stopword import StopWordScanner
 
+try:
+    # One read turn of the echo in C (netecho/_speedups.c), if it was built.
+    from netecho._speedups import echo_stream
+except ImportError:  # pragma: no cover - depends on the build
+    echo_stream = None
+
 #: How many bytes of a payload a ``--log-data`` line shows.
 LOG_DATA_LIMIT = 200
 
@@ -197,6 +203,43 @@ class Echo(StreamSession):
                 self._recv = transport.socket.recv
                 self._send = transport.socket.send
                 transport.doRead = self._doRead
+                if echo_stream is not None:
+                    self._fd = transport.socket.fileno()
+                    transport.doRead = self._doReadInC
+
+    def _doReadInC(self):
+        """
+        L{_doRead} with netecho._speedups.echo_stream: recv, the stop-word
+        scan and the send in one C call, the bytes never becoming a Python
+        object. Anything unusual (bytes waiting in the transport's buffer,
+        closing, --log-data, a stop line, a piece of the word pending) goes
+        the Python way.
+        """
+        transport = self.transport
+        if transport.dataBuffer or transport._tempDataLen or self._closing or self._log_data:
+            return self._doRead()
+        scanner = self._scanner
+        try:
+            turn = echo_stream(self._fd, None if scanner is None else scanner.word,
+                               None if scanner is None else scanner.pending)
+        except OSError:
+            return main.CONNECTION_LOST
+        if turn is None:
+            return None
+        kind, n, pending, data = turn
+        if kind == 3:
+            return main.CONNECTION_DONE
+        if kind == 2:
+            self.dataReceived(data)
+            return None
+        if scanner is not None:
+            scanner.pending = pending
+        self.received += n
+        self.sent += n
+        self._stats.bytes_echoed += n
+        if kind == 1:
+            transport.write(data)
+        return None
 
     def _doRead(self):
         """

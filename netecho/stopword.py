@@ -57,7 +57,9 @@ class StopWordScanner:
             raise ValueError("the stop word must be one line")
         self.word = word
         self._search = _inner_line(word)
-        self._pending: bytes | None = b""
+        #: The unfinished line's text, as far as it can still become the
+        #: word (None once it cannot): the scanner's whole state.
+        self.pending: bytes | None = b""
 
     def feed(self, data: bytes) -> int:
         """
@@ -67,16 +69,16 @@ class StopWordScanner:
             C{data}, or -1 if no line ends with the stop word in this chunk.
         """
         word = self.word
-        pending = self._pending
+        pending = self.pending
         if c_feed is not None:
             end, new_pending = c_feed(data, word, pending)
             if end != -2:  # (-2: a piece of the word is pending; done below)
-                self._pending = new_pending
+                self.pending = new_pending
                 return end
         first = data.find(b"\n")
         if first < 0:
             if pending is not None:
-                self._pending = _candidate(pending + data, word)
+                self.pending = _candidate(pending + data, word)
             return -1
         # The line that was unfinished at the end of the last chunk.
         if pending is not None and _candidate(pending + data[:first], word) == word:
@@ -98,7 +100,7 @@ class StopWordScanner:
         # both non-blank, it is none of that, and nothing need be copied.
         n = len(word)
         if len(data) - last - 1 > n and data[-1] not in _BLANK and data[-n - 1] not in _BLANK:
-            self._pending = None
+            self.pending = None
         else:
-            self._pending = _candidate(data[last + 1 :], word)
+            self.pending = _candidate(data[last + 1 :], word)
         return -1

@@ -178,3 +178,34 @@ class DatagramReadPathTests(TestCase):
             self.assertEqual(results[i], sorted(b"%d:%d" % (i, r) for r in range(20)))
         self.assertEqual(results[5:], [True, True])
         self.assertEqual(service.stats.datagrams_echoed, 1 + 100 + 2)
+
+
+class StreamReadPathWithoutCTests(StreamReadPathTests):
+    """The same through the Python read path (no netecho._speedups.echo_stream)."""
+
+    def setUp(self):
+        from netecho import echo
+
+        self.patch(echo, "echo_stream", None)
+
+
+class StreamReadPathInCTests(TestCase):
+    async def test_c_path_in_use(self):
+        """Where netecho._speedups is built, a plain TCP or Unix echo reads through it."""
+        from netecho import echo
+
+        if echo.echo_stream is None:
+            raise SkipTest("netecho._speedups is not built (tests/test_stopword.py says whether that is allowed)")
+        calls = []
+
+        def counting(*args):
+            calls.append(args[1:])
+            return real(*args)
+
+        real = echo.echo_stream
+        self.patch(echo, "echo_stream", counting)
+        for service in (tcp_echo(self), unix_echo(self)):
+            reply = await threads.deferToThread(send_and_collect, service, b"one\ntwo\n")
+            self.assertEqual(reply, b"one\ntwo\n")
+        self.assertTrue(calls)
+        self.assertEqual({word for word, _ in calls}, {b"STOP"})

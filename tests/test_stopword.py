@@ -46,9 +46,9 @@ class StopWordScannerTests(SynchronousTestCase):
         for _ in range(100):
             scanner.feed(b" " * 10000)
         scanner.feed(b"STO")
-        self.assertEqual(scanner._pending, b"STO")
+        self.assertEqual(scanner.pending, b"STO")
         scanner.feed(b"P" + b" " * 10000)
-        self.assertEqual(scanner._pending, b"STOP")
+        self.assertEqual(scanner.pending, b"STOP")
         self.assertEqual(scanner.feed(b"\n"), 1)
 
     def test_empty_word_rejected(self):
