@@ -6,6 +6,7 @@ The wheel and the sdist, each installed into a fresh virtualenv and run from
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,19 @@ class PackagingTests(TestCase):
 
     def test_sdist(self):
         self.check_install(self.artifact(".tar.gz"))
+
+    def test_sdist_without_a_compiler(self):
+        """
+        Where nothing can compile C, the sdist still installs (the extension
+        is optional) and netecho runs on its pure-Python code.
+        """
+        venv = Path(tempfile.mkdtemp(prefix="venv-nocc-", dir=self.work))
+        run([sys.executable, "-m", "venv", str(venv)])
+        python = str(venv / "bin" / "python")
+        env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false", PIP_NO_CACHE_DIR="1")
+        run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(self.artifact(".tar.gz"))],
+            env=env)
+        out = run([python, "-c", "import netecho.echo as e, netecho.datagram as d, netecho.stopword as s; "
+                   "print(e.echo_stream, d.recv_datagrams, s.c_feed, s.StopWordScanner(b'STOP').feed(b'a\\n STOP\\n'))"])
+        self.assertEqual(out.split(), ["None", "None", "None", "8"])
+        self.assertRegex(run([str(venv / "bin" / "twistd"), "--help"]), r"\n\s+netecho\s+TCP, UDP")
