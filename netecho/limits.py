@@ -77,7 +77,7 @@ class RateWindow:
     def __init__(self, rate: float, size: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = rate
         self.size = size
-        self.clock = self._clock = clock
+        self.clock = clock
         # A window opens with the first event after the last one closed.
         self._start = float("-inf")
         self._counts: dict = {}
@@ -89,7 +89,7 @@ class RateWindow:
         several windows).
         """
         if now is None:
-            now = self._clock()
+            now = self.clock()
         counts = self._counts
         if now - self._start >= 1.0:
             counts.clear()
