@@ -201,7 +201,6 @@ class Echo(StreamSession):
                 transport.setTcpNoDelay(True)
             if type(transport) in _PLAIN_SERVERS:
                 self._recv = transport.socket.recv
-                self._send = transport.socket.send
                 transport.doRead = self._doRead
                 if echo_stream is not None:
                     self._fd = transport.socket.fileno()
@@ -243,11 +242,12 @@ class Echo(StreamSession):
 
     def _doRead(self):
         """
-        The transport's doRead for plain TCP and Unix connections: read,
-        then what dataReceived and answer do, in one call. (Twisted's Unix
-        transport reads with recvmsg() to receive file descriptors, which
-        an echo never takes; recv() is cheaper, and the kernel discards
-        descriptors sent to a reader that does not ask for them.)
+        The transport's doRead for plain TCP and Unix connections, where
+        netecho._speedups is not built (and for the unusual turns of
+        L{_doReadInC}): recv(), then dataReceived. Twisted's Unix transport
+        reads with recvmsg() to receive file descriptors, which an echo
+        never takes; recv() is cheaper, and the kernel discards descriptors
+        sent to a reader that does not ask for them.
         """
         try:
             data = self._recv(65536)
@@ -257,29 +257,7 @@ class Echo(StreamSession):
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        if self._closing or self._log_data:
-            self.dataReceived(data)
-            return None
-        n = len(data)
-        self.received += n
-        scanner = self._scanner
-        if scanner is not None:
-            end = scanner.feed(data)
-            if end >= 0:
-                self._stop_word_at(data, end)
-                return None
-        transport = self.transport
-        if transport.dataBuffer or transport._tempDataLen:
-            transport.write(data)
-        else:
-            try:
-                sent = self._send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error write() will find and report
-            if sent < n:
-                transport.write(data[sent:])
-        self.sent += n
-        self._stats.bytes_echoed += n
+        self.dataReceived(data)
         return None
 
     def answer(self, data: bytes) -> None:
