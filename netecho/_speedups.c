@@ -272,6 +272,325 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
     return list;
 }
 
+
+/*
+ * EchoTable: the stream echoes netecho's reactor (netecho/reactor.py) serves
+ * without returning to Python, by descriptor. Each entry is one Echo
+ * session (netecho/echo.py) whose transport is plain, registered for reading
+ * and has nothing buffered; the session adds itself and the reactor removes
+ * it when the descriptor stops being read (which Twisted does before it
+ * closes one), so an entry never outlives its connection.
+ *
+ * poll(epfd, maxevents, timeout) -> (events, turns) waits on the reactor's
+ * epoll descriptor like select.epoll.poll() (timeout in seconds, negative:
+ * without end) and serves every plain EPOLLIN event of a table descriptor
+ * in C: one echo_stream() turn, counted in the entry. It waits again, within
+ * the timeout, until an event the Python code must see arrives: events is a
+ * list of (fd, eventmask) for the reactor to dispatch as usual; turns a list
+ * of (fd, session, (kind, n, pending, data, unsynced)) for the turns C could
+ * not finish (echo_stream()'s kinds 1, 2 and 3; 4: recv() failed, n is
+ * errno), whose entry it removed first. unsynced: bytes echoed in C and not
+ * yet counted by the session. Returns at once when the timeout passes, on a
+ * signal (after its handler ran), and after at most POLL_ROUNDS waits.
+ */
+#include <sys/epoll.h>
+#include <time.h>
+#include <math.h>
+
+#define POLL_EVENTS 1024
+#define POLL_ROUNDS 64
+
+typedef struct {
+    PyObject *session; /* NULL: no entry */
+    PyObject *word;    /* bytes, or None */
+    PyObject *pending; /* the scanner's pending text */
+    Py_ssize_t unsynced;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    Entry *entries;
+    Py_ssize_t size, count;
+} EchoTable;
+
+static void entry_clear(Entry *e) {
+    Py_CLEAR(e->session);
+    Py_CLEAR(e->word);
+    Py_CLEAR(e->pending);
+    e->unsynced = 0;
+}
+
+static Entry *table_entry(EchoTable *t, int fd) {
+    if (fd < 0 || fd >= t->size || t->entries[fd].session == NULL)
+        return NULL;
+    return &t->entries[fd];
+}
+
+static void table_dealloc(EchoTable *t) {
+    PyObject_GC_UnTrack(t);
+    for (Py_ssize_t i = 0; i < t->size; i++)
+        entry_clear(&t->entries[i]);
+    PyMem_Free(t->entries);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int table_traverse(EchoTable *t, visitproc visit, void *arg) {
+    for (Py_ssize_t i = 0; i < t->size; i++) {
+        Py_VISIT(t->entries[i].session);
+        Py_VISIT(t->entries[i].pending);
+    }
+    return 0;
+}
+
+static int table_clear(EchoTable *t) {
+    for (Py_ssize_t i = 0; i < t->size; i++)
+        entry_clear(&t->entries[i]);
+    t->count = 0;
+    return 0;
+}
+
+static Py_ssize_t table_len(EchoTable *t) { return t->count; }
+
+/* add(fd, session, word, pending): session's echoes on fd are served in C. */
+static PyObject *table_add(EchoTable *t, PyObject *args) {
+    int fd;
+    PyObject *session, *word, *pending;
+    if (!PyArg_ParseTuple(args, "iOOO", &fd, &session, &word, &pending))
+        return NULL;
+    if (fd < 0 || (word != Py_None && !PyBytes_Check(word)) ||
+        (pending != Py_None && !PyBytes_Check(pending))) {
+        PyErr_SetString(PyExc_ValueError, "EchoTable.add: bad descriptor, word or pending text");
+        return NULL;
+    }
+    if (fd >= t->size) {
+        Py_ssize_t size = t->size ? t->size : 64;
+        while (size <= fd) size *= 2;
+        Entry *entries = PyMem_Realloc(t->entries, (size_t)size * sizeof(Entry));
+        if (entries == NULL)
+            return PyErr_NoMemory();
+        memset(entries + t->size, 0, (size_t)(size - t->size) * sizeof(Entry));
+        t->entries = entries;
+        t->size = size;
+    }
+    Entry *e = &t->entries[fd];
+    if (e->session == NULL)
+        t->count++;
+    entry_clear(e);
+    Py_INCREF(session);
+    Py_INCREF(word);
+    Py_INCREF(pending);
+    e->session = session;
+    e->word = word;
+    e->pending = pending;
+    Py_RETURN_NONE;
+}
+
+/* remove(fd) -> None, or (session, unsynced, pending) of the removed entry. */
+static PyObject *table_remove(EchoTable *t, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    Entry *e = table_entry(t, fd);
+    if (e == NULL)
+        Py_RETURN_NONE;
+    PyObject *result = Py_BuildValue("OnO", e->session, e->unsynced, e->pending);
+    if (result != NULL) {
+        entry_clear(e);
+        t->count--;
+    }
+    return result;
+}
+
+/* take(fd) -> the bytes echoed on fd in C since the last take (0: no entry). */
+static PyObject *table_take(EchoTable *t, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    Entry *e = table_entry(t, fd);
+    Py_ssize_t n = 0;
+    if (e != NULL) {
+        n = e->unsynced;
+        e->unsynced = 0;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+/* flush() -> [(session, unsynced), ...] for every entry that has echoed
+ * bytes since its last take or flush (their counts start again at 0). */
+static PyObject *table_flush(EchoTable *t, PyObject *unused) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < t->size; i++) {
+        Entry *e = &t->entries[i];
+        if (e->session == NULL || e->unsynced == 0)
+            continue;
+        PyObject *item = Py_BuildValue("On", e->session, e->unsynced);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+        e->unsynced = 0;
+    }
+    return list;
+}
+
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r;
+}
+
+/*
+ * One turn of the entry at fd (see echo_stream()). Returns 0 when it is
+ * finished in C (or there was nothing to read), 1 when a turn for Python
+ * was appended to turns (and the entry removed), -1 on an exception.
+ */
+static int table_turn(EchoTable *t, int fd, Entry *e, PyObject *turns) {
+    Py_ssize_t end = -1;
+    PyObject *new_pending = NULL, *turn;
+    int kind;
+    ssize_t n = recv(fd, stream_buf, sizeof stream_buf, 0);
+    ssize_t sent = 0;
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 0;
+        turn = Py_BuildValue("inOOn", 4, (Py_ssize_t)errno, e->pending, Py_None, e->unsynced);
+        goto python;
+    }
+    if (n == 0) {
+        turn = Py_BuildValue("inOOn", 3, (Py_ssize_t)0, e->pending, Py_None, e->unsynced);
+        goto python;
+    }
+    if (e->word != Py_None) {
+        int r = scan_chunk(stream_buf, n, e->word, e->pending, &end, &new_pending);
+        if (r < 0)
+            return -1;
+        if (r == 1 || end >= 0) {
+            Py_XDECREF(new_pending);
+            turn = Py_BuildValue("inOy#n", 2, (Py_ssize_t)n, e->pending, (const char *)stream_buf,
+                                 (Py_ssize_t)n, e->unsynced);
+            goto python;
+        }
+    } else {
+        Py_INCREF(e->pending);
+        new_pending = e->pending;
+    }
+    sent = send(fd, stream_buf, (size_t)n, MSG_NOSIGNAL);
+    if (sent == n) {
+        e->unsynced += n;
+        if (new_pending == NULL) {
+            Py_INCREF(Py_None);
+            new_pending = Py_None;
+        }
+        Py_SETREF(e->pending, new_pending);
+        return 0;
+    }
+    if (sent < 0)
+        sent = 0; /* EAGAIN, or an error transport.write() will find and report */
+    kind = 1;
+    turn = Py_BuildValue("inOy#n", kind, (Py_ssize_t)n, new_pending ? new_pending : Py_None,
+                         (const char *)stream_buf + sent, (Py_ssize_t)(n - sent), e->unsynced);
+    Py_XDECREF(new_pending);
+python:
+    if (turn == NULL)
+        return -1;
+    if (append_new(turns, Py_BuildValue("iON", fd, e->session, turn)) < 0)
+        return -1;
+    entry_clear(e);
+    t->count--;
+    return 1;
+}
+
+static double monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct epoll_event poll_events[POLL_EVENTS];
+
+static PyObject *table_poll(EchoTable *t, PyObject *args) {
+    int epfd, maxevents;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "iid", &epfd, &maxevents, &timeout))
+        return NULL;
+    if (maxevents < 1) maxevents = 1;
+    if (maxevents > POLL_EVENTS) maxevents = POLL_EVENTS;
+    double deadline = timeout >= 0 ? monotonic() + timeout : -1;
+    PyObject *events = PyList_New(0), *turns = PyList_New(0);
+    if (events == NULL || turns == NULL)
+        goto fail;
+    for (int round = 0; round < POLL_ROUNDS; round++) {
+        int wait_ms = -1;
+        if (deadline >= 0) {
+            double left = deadline - monotonic();
+            wait_ms = left > 0 ? (int)ceil(left * 1000) : 0;
+        }
+        int got;
+        Py_BEGIN_ALLOW_THREADS
+        got = epoll_wait(epfd, poll_events, maxevents, wait_ms);
+        Py_END_ALLOW_THREADS
+        if (got < 0) {
+            if (errno != EINTR) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto fail;
+            }
+            if (PyErr_CheckSignals() < 0)
+                goto fail;
+            break;
+        }
+        for (int i = 0; i < got; i++) {
+            int fd = poll_events[i].data.fd;
+            uint32_t ev = poll_events[i].events;
+            Entry *e = ev == EPOLLIN ? table_entry(t, fd) : NULL;
+            if (e != NULL) {
+                if (table_turn(t, fd, e, turns) < 0)
+                    goto fail;
+            } else if (append_new(events, Py_BuildValue("iI", fd, (unsigned)ev)) < 0)
+                goto fail;
+        }
+        if (got == 0 || wait_ms == 0 || PyList_GET_SIZE(events) || PyList_GET_SIZE(turns))
+            break;
+        if (PyErr_CheckSignals() < 0)
+            goto fail;
+    }
+    return Py_BuildValue("NN", events, turns);
+fail:
+    Py_XDECREF(events);
+    Py_XDECREF(turns);
+    return NULL;
+}
+
+static PyMethodDef table_methods[] = {
+    {"add", (PyCFunction)table_add, METH_VARARGS, "add(fd, session, word, pending)"},
+    {"remove", (PyCFunction)table_remove, METH_VARARGS, "remove(fd) -> None or (session, unsynced, pending)"},
+    {"take", (PyCFunction)table_take, METH_VARARGS, "take(fd) -> bytes echoed in C since the last take"},
+    {"flush", (PyCFunction)table_flush, METH_NOARGS, "flush() -> [(session, unsynced), ...]"},
+    {"poll", (PyCFunction)table_poll, METH_VARARGS, "poll(epfd, maxevents, timeout) -> (events, turns)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods table_as_sequence = {.sq_length = (lenfunc)table_len};
+
+static PyTypeObject EchoTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netecho._speedups.EchoTable",
+    .tp_basicsize = sizeof(EchoTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The stream echoes a reactor serves in C (see netecho/_speedups.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_traverse = (traverseproc)table_traverse,
+    .tp_clear = (inquiry)table_clear,
+    .tp_methods = table_methods,
+    .tp_as_sequence = &table_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"echo_stream", echo_stream, METH_VARARGS,
      "echo_stream(fd, word, pending): one read turn of a stream echo (see netecho/_speedups.c)"},
@@ -286,4 +605,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "netecho._speedups", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&EchoTableType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&EchoTableType);
+    if (PyModule_AddObject(m, "EchoTable", (PyObject *)&EchoTableType) < 0) {
+        Py_DECREF(&EchoTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

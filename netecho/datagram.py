@@ -194,7 +194,7 @@ class DatagramEcho(protocol.DatagramProtocol):
             return
         stats = self.stats
         stats.datagrams_echoed += 1
-        stats.bytes_echoed += len(data)
+        stats.bytes_counted += len(data)
         stats.udp_peer((host, port))
         if self.log_data:
             self.log.info(

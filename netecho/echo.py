@@ -191,6 +191,12 @@ class Echo(StreamSession):
     """
 
     _sock = None
+    #: The reactor's EchoTable (netecho._speedups), if it can serve this
+    #: echo in C, and whether this echo is in it now.
+    _echoes = None
+    _fast = False
+    _received = 0
+    _sent = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -205,6 +211,44 @@ class Echo(StreamSession):
                 if echo_stream is not None:
                     self._fd = transport.socket.fileno()
                     transport.doRead = self._doReadInC
+                    self._echoes = getattr(transport.reactor, "_echoes", None)
+
+    # The byte counters: while this echo is in the reactor's table, what it
+    # echoes is counted there, and reading a counter brings that count in.
+
+    @property
+    def received(self) -> int:
+        if self._fast:
+            self._count(self._echoes.take(self._fd))
+        return self._received
+
+    @received.setter
+    def received(self, value: int) -> None:
+        self._received = value
+
+    @property
+    def sent(self) -> int:
+        if self._fast:
+            self._count(self._echoes.take(self._fd))
+        return self._sent
+
+    @sent.setter
+    def sent(self, value: int) -> None:
+        self._sent = value
+
+    def _count(self, n: int) -> None:
+        """C{n} more bytes received and echoed in whole."""
+        if n:
+            self._received += n
+            self._sent += n
+            self._stats.bytes_counted += n
+
+    def _leftTable(self, unsynced: int, pending) -> None:
+        """This echo is out of the reactor's table: take back its state."""
+        self._fast = False
+        self._count(unsynced)
+        if self._scanner is not None:
+            self._scanner.pending = pending
 
     def _doReadInC(self):
         """
@@ -212,8 +256,17 @@ class Echo(StreamSession):
         scan and the send in one C call, the bytes never becoming a Python
         object. Anything unusual (bytes waiting in the transport's buffer,
         closing, --log-data, a stop line, a piece of the word pending) goes
-        the Python way.
+        the Python way. After a usual turn, the echo joins the reactor's
+        table (netecho's reactor only), which serves its next turns in C
+        without calling this method; the reactor hands back what C cannot
+        finish to L{_tableTurn}.
         """
+        if self._fast:
+            # An event the table does not serve (not plain EPOLLIN): this
+            # turn is Python's, with the state the table holds.
+            gone = self._echoes.remove(self._fd)
+            if gone is not None:
+                self._leftTable(gone[1], gone[2])
         transport = self.transport
         if transport.dataBuffer or transport._tempDataLen or self._closing or self._log_data:
             return self._doRead()
@@ -226,18 +279,36 @@ class Echo(StreamSession):
         if turn is None:
             return None
         kind, n, pending, data = turn
+        why = self._finishTurn(kind, n, pending, data)
+        if kind == 0 and self._echoes is not None and not self._closing:
+            self._echoes.add(self._fd, self, None if scanner is None else scanner.word, pending)
+            self._fast = True
+            self._stats.count_elsewhere(transport.reactor._countEchoes)
+        return why
+
+    def _tableTurn(self, turn):
+        """
+        A turn the reactor's table started and could not finish: it has
+        already taken this echo out. Returns what doRead would.
+        """
+        kind, n, pending, data, unsynced = turn
+        self._leftTable(unsynced, pending)
+        if kind == 4:
+            return main.CONNECTION_LOST
+        return self._finishTurn(kind, n, pending, data)
+
+    def _finishTurn(self, kind: int, n: int, pending, data):
+        """The Python side of an echo_stream() turn; returns what doRead would."""
         if kind == 3:
             return main.CONNECTION_DONE
         if kind == 2:
             self.dataReceived(data)
             return None
-        if scanner is not None:
-            scanner.pending = pending
-        self.received += n
-        self.sent += n
-        self._stats.bytes_echoed += n
+        if self._scanner is not None:
+            self._scanner.pending = pending
+        self._count(n)
         if kind == 1:
-            transport.write(data)
+            self.transport.write(data)
         return None
 
     def _doRead(self):
@@ -274,7 +345,7 @@ class Echo(StreamSession):
         else:
             transport.write(data)
         self.sent += n
-        self._stats.bytes_echoed += n
+        self._stats.bytes_counted += n
         if self._log_data:
             self.log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
 

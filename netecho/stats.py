@@ -16,6 +16,10 @@ class Stats:
 
     Protocols bump the plain integer attributes directly: that is the cheapest
     thing to do on the echo path, and the attributes are the public interface.
+    The one exception is C{bytes_echoed}: stream echoes that netecho's reactor
+    serves in C (netecho/reactor.py) count there, and reading the property
+    first adds what they counted (see L{count_elsewhere}); writers bump
+    C{bytes_counted}.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -25,7 +29,9 @@ class Stats:
         self.tcp = 0
         self.unix = 0
         self.pb = 0
-        self.bytes_echoed = 0
+        #: Bytes echoed, as counted so far by the Python code.
+        self.bytes_counted = 0
+        self._elsewhere: set[Callable[[], None]] = set()
         self.datagrams_echoed = 0
         self.rpc_calls = 0
         #: RPC calls by method name.
@@ -43,6 +49,25 @@ class Stats:
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
+
+    @property
+    def bytes_echoed(self) -> int:
+        """Bytes echoed back (stream and datagram), up to this moment."""
+        for bring in list(self._elsewhere):
+            bring()
+        return self.bytes_counted
+
+    @bytes_echoed.setter
+    def bytes_echoed(self, value: int) -> None:
+        self.bytes_counted = value
+
+    def count_elsewhere(self, bring: Callable[[], None]) -> None:
+        """
+        Some echoes are counted outside these attributes: C{bring()} adds
+        what they have counted to C{bytes_counted} (and to the sessions'
+        own counters); L{bytes_echoed} calls it before it answers.
+        """
+        self._elsewhere.add(bring)
 
     @property
     def clients_served(self) -> int:
