@@ -512,11 +512,10 @@ static double monotonic(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static struct epoll_event poll_events[POLL_EVENTS];
-
 static PyObject *table_poll(EchoTable *t, PyObject *args) {
     int epfd, maxevents;
     double timeout;
+    struct epoll_event poll_events[POLL_EVENTS]; /* on the stack: the wait runs without the GIL */
     if (!PyArg_ParseTuple(args, "iid", &epfd, &maxevents, &timeout))
         return NULL;
     if (maxevents < 1) maxevents = 1;
