@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <math.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -221,48 +222,97 @@ static PyObject *echo_stream(PyObject *self, PyObject *args) {
 #define DGRAM_MAX 65536
 static unsigned char *dgram_bufs;
 
-static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
-    int fd, count;
-    if (!PyArg_ParseTuple(args, "ii", &fd, &count))
-        return NULL;
+static struct sockaddr_in dgram_from[BATCH];
+static unsigned dgram_len[BATCH];
+
+/* recvmmsg() of up to count datagrams into dgram_bufs/dgram_from/dgram_len:
+ * how many, or -1 with errno set. MSG_DONTWAIT: it never blocks, so
+ * callers keep the GIL, which guards these buffers. */
+static int read_batch(int fd, int count) {
     if (count < 1) count = 1;
     if (count > BATCH) count = BATCH;
-    if (dgram_bufs == NULL && (dgram_bufs = PyMem_RawMalloc((size_t)BATCH * DGRAM_MAX)) == NULL)
-        return PyErr_NoMemory();
+    if (dgram_bufs == NULL && (dgram_bufs = PyMem_RawMalloc((size_t)BATCH * DGRAM_MAX)) == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
-    struct sockaddr_in from[BATCH];
     memset(msgs, 0, sizeof msgs);
     for (int i = 0; i < count; i++) {
         iov[i].iov_base = dgram_bufs + (size_t)i * DGRAM_MAX;
         iov[i].iov_len = DGRAM_MAX;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &from[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+        msgs[i].msg_hdr.msg_name = &dgram_from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof dgram_from[i];
     }
-    int got;
-    Py_BEGIN_ALLOW_THREADS
-    got = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
-    Py_END_ALLOW_THREADS
+    int got = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
+    for (int i = 0; i < got; i++) {
+        dgram_len[i] = msgs[i].msg_len;
+        if (dgram_from[i].sin_family != AF_INET) {
+            errno = EAFNOSUPPORT;
+            return -1;
+        }
+    }
+    return got;
+}
+
+/* The last SOURCES sources seen: their (host, port) tuple and their
+ * network string (what netecho.limits.source_prefix() gives), made once. */
+#define SOURCES 64
+typedef struct {
+    struct sockaddr_in from;
+    PyObject *addr, *network;
+} Source;
+static Source sources[SOURCES];
+static int sources_next;
+
+static Source *source_of(const struct sockaddr_in *from) {
+    for (int j = 0; j < SOURCES; j++)
+        if (sources[j].addr != NULL && sources[j].from.sin_port == from->sin_port &&
+            sources[j].from.sin_addr.s_addr == from->sin_addr.s_addr)
+            return &sources[j];
+    char host[INET_ADDRSTRLEN];
+    if (inet_ntop(AF_INET, &from->sin_addr, host, sizeof host) == NULL)
+        return (Source *)PyErr_SetFromErrno(PyExc_OSError);
+    uint32_t ip = ntohl(from->sin_addr.s_addr);
+    PyObject *addr = Py_BuildValue("(si)", host, (int)ntohs(from->sin_port));
+    PyObject *network = PyUnicode_FromFormat("%u.%u.%u", (ip >> 24) & 255, (ip >> 16) & 255, (ip >> 8) & 255);
+    if (addr == NULL || network == NULL) {
+        Py_XDECREF(addr);
+        Py_XDECREF(network);
+        return NULL;
+    }
+    Source *src = &sources[sources_next];
+    sources_next = (sources_next + 1) % SOURCES;
+    Py_XSETREF(src->addr, addr);
+    Py_XSETREF(src->network, network);
+    src->from = *from;
+    return src;
+}
+
+static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
+    int fd, count;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &count))
+        return NULL;
+    int got = read_batch(fd, count);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return PyList_New(0);
+        if (errno == EAFNOSUPPORT) {
+            PyErr_SetString(PyExc_ValueError, "recv_datagrams: not an IPv4 socket");
+            return NULL;
+        }
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     PyObject *list = PyList_New(got);
     if (list == NULL)
         return NULL;
     for (int i = 0; i < got; i++) {
-        char host[INET_ADDRSTRLEN];
-        if (from[i].sin_family != AF_INET ||
-            inet_ntop(AF_INET, &from[i].sin_addr, host, sizeof host) == NULL) {
-            Py_DECREF(list);
-            PyErr_SetString(PyExc_ValueError, "recv_datagrams: not an IPv4 socket");
-            return NULL;
-        }
-        PyObject *item = Py_BuildValue("(y#(si))", (const char *)iov[i].iov_base, (Py_ssize_t)msgs[i].msg_len,
-                                       host, (int)ntohs(from[i].sin_port));
+        Source *src = source_of(&dgram_from[i]);
+        PyObject *item = src == NULL ? NULL
+                         : Py_BuildValue("(y#O)", (const char *)dgram_bufs + (size_t)i * DGRAM_MAX,
+                                         (Py_ssize_t)dgram_len[i], src->addr);
         if (item == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -272,6 +322,319 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
     return list;
 }
 
+/*
+ * Window: netecho.limits.RateWindow in C (the same behaviour; the tests run
+ * both): at most `limit` events a second per key, in one-second windows, at
+ * most `size` keys a window (the others share one count).
+ */
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    double limit;
+    Py_ssize_t size;
+    PyObject *clock;
+    double start;
+    PyObject *counts; /* dict: key -> int */
+    int monotonic;    /* clock is time.monotonic: read CLOCK_MONOTONIC directly */
+} Window;
+
+static PyObject *overflow_key; /* the key beyond-size keys share */
+static PyObject *time_monotonic;
+
+static double monotonic(void);
+
+static int window_init(Window *w, PyObject *args, PyObject *kw) {
+    static char *names[] = {"rate", "size", "clock", NULL};
+    double limit;
+    Py_ssize_t size = 4096;
+    PyObject *clock = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "d|nO", names, &limit, &size, &clock))
+        return -1;
+    if (clock == NULL)
+        clock = time_monotonic;
+    Py_INCREF(clock);
+    Py_XSETREF(w->clock, clock);
+    if (w->counts == NULL && (w->counts = PyDict_New()) == NULL)
+        return -1;
+    PyDict_Clear(w->counts);
+    w->limit = limit;
+    w->size = size;
+    w->start = -INFINITY;
+    w->monotonic = clock == time_monotonic;
+    return 0;
+}
+
+static void window_dealloc(Window *w) {
+    PyObject_GC_UnTrack(w);
+    Py_CLEAR(w->clock);
+    Py_CLEAR(w->counts);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static int window_traverse(Window *w, visitproc visit, void *arg) {
+    Py_VISIT(w->clock);
+    Py_VISIT(w->counts);
+    return 0;
+}
+
+static int window_now(Window *w, double *now) {
+    if (w->monotonic) {
+        *now = monotonic();
+        return 0;
+    }
+    PyObject *t = PyObject_CallNoArgs(w->clock);
+    if (t == NULL)
+        return -1;
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return *now == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* RateWindow.allow(key, now): 1, 0, or -1 with an exception set. */
+static int window_allow(Window *w, PyObject *key, double now) {
+    PyObject *counts = w->counts;
+    if (now - w->start >= 1.0) {
+        PyDict_Clear(counts);
+        w->start = now;
+    }
+    PyObject *count = PyDict_GetItemWithError(counts, key);
+    long n;
+    if (count == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        if (PyDict_GET_SIZE(counts) >= w->size) {
+            key = overflow_key;
+            count = PyDict_GetItemWithError(counts, key);
+            if (count == NULL && PyErr_Occurred())
+                return -1;
+        }
+    }
+    n = count == NULL ? 0 : PyLong_AsLong(count);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if ((double)n >= w->limit)
+        return 0;
+    PyObject *next = PyLong_FromLong(n + 1);
+    if (next == NULL)
+        return -1;
+    int r = PyDict_SetItem(counts, key, next);
+    Py_DECREF(next);
+    return r < 0 ? -1 : 1;
+}
+
+static PyObject *window_allow_py(Window *w, PyObject *args, PyObject *kw) {
+    static char *names[] = {"key", "now", NULL};
+    PyObject *key, *now_obj = Py_None;
+    double now;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", names, &key, &now_obj))
+        return NULL;
+    if (now_obj == Py_None) {
+        if (window_now(w, &now) < 0)
+            return NULL;
+    } else if ((now = PyFloat_AsDouble(now_obj)) == -1.0 && PyErr_Occurred())
+        return NULL;
+    int r = window_allow(w, key, now);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef window_methods[] = {
+    {"allow", (PyCFunction)(void (*)(void))window_allow_py, METH_VARARGS | METH_KEYWORDS,
+     "allow(key, now=None) -> bool: count one event for key; False if its window is full"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef window_members[] = {
+    {"limit", T_DOUBLE, offsetof(Window, limit), READONLY, "events a second per key"},
+    {"size", T_PYSSIZET, offsetof(Window, size), READONLY, "keys counted a window"},
+    {"clock", T_OBJECT, offsetof(Window, clock), READONLY, "the clock (seconds)"},
+    {"_counts", T_OBJECT, offsetof(Window, counts), READONLY, "this window's counts"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject WindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netecho._speedups.Window",
+    .tp_basicsize = sizeof(Window),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Window(rate, size=4096, clock=time.monotonic): netecho.limits.RateWindow in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)window_init,
+    .tp_dealloc = (destructor)window_dealloc,
+    .tp_traverse = (traverseproc)window_traverse,
+    .tp_methods = window_methods,
+    .tp_members = window_members,
+};
+
+/*
+ * echo_datagrams(fd, count, guards) -> (got, used, echoed, nbytes, later):
+ * one batch of DatagramEcho's read loop in C, for an IPv4 socket: up to
+ * count datagrams by recvmmsg(), each through the guards of
+ * DatagramEcho._admit() (same order, same counting), the admitted ones
+ * echoed by one sendmmsg() from the buffers they were read into.
+ *
+ * guards: (own_ports, own_host, own_port, rate, global_rate, word, peers,
+ * max_peers): the set of netecho's ports; this socket's address (own_host
+ * as a string, "" for none); the two Windows (or None); the stop word (bytes,
+ * or None when nobody listens for it); the set of peers echoed to and its
+ * bound (Stats).
+ *
+ * got: datagrams read; used: what they count against maxThroughput (their
+ * sizes, 1 for an empty one); echoed, nbytes: the echoes sent; later: what
+ * the Python code does after the batch, as (what, detail, addr) with what
+ * "refuse" (detail: the reason), "send_error" (detail: errno) or "stop" (an
+ * echoed datagram was the stop word). OSError when recvmmsg() fails.
+ */
+static int add_later(PyObject *later, const char *what, PyObject *detail, PyObject *addr) {
+    PyObject *item = Py_BuildValue("(sNO)", what, detail, addr);
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(later, item);
+    Py_DECREF(item);
+    return r;
+}
+
+static PyObject *echo_datagrams(PyObject *self, PyObject *args) {
+    int fd, count, own_port;
+    PyObject *own_ports, *own_host_obj, *rate_obj, *global_obj, *word, *peers;
+    Py_ssize_t max_peers;
+    if (!PyArg_ParseTuple(args, "ii(O!UiOOOO!n)", &fd, &count, &PySet_Type, &own_ports, &own_host_obj,
+                          &own_port, &rate_obj, &global_obj, &word, &PySet_Type, &peers, &max_peers))
+        return NULL;
+    if ((rate_obj != Py_None && !PyObject_TypeCheck(rate_obj, &WindowType)) ||
+        (global_obj != Py_None && !PyObject_TypeCheck(global_obj, &WindowType)) ||
+        (word != Py_None && !PyBytes_Check(word))) {
+        PyErr_SetString(PyExc_TypeError, "echo_datagrams: windows must be Windows, word bytes or None");
+        return NULL;
+    }
+    Window *rate = rate_obj == Py_None ? NULL : (Window *)rate_obj;
+    Window *global = global_obj == Py_None ? NULL : (Window *)global_obj;
+    struct in_addr own_host = {0};
+    const char *own_host_str = PyUnicode_AsUTF8(own_host_obj);
+    if (own_host_str == NULL)
+        return NULL;
+    int has_own_host = inet_pton(AF_INET, own_host_str, &own_host) == 1;
+    int got = read_batch(fd, count);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return Py_BuildValue("(iiinN)", 0, 0, 0, (Py_ssize_t)0, PyList_New(0));
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *later = PyList_New(0);
+    if (later == NULL)
+        return NULL;
+    struct mmsghdr msgs[BATCH];
+    struct iovec iov[BATCH];
+    PyObject *sent_to[BATCH]; /* new references: the cache may reuse a slot within a batch */
+    int admitted = 0, used = 0;
+    double now = 0;
+    int have_now = 0;
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < got; i++) {
+        const struct sockaddr_in *from = &dgram_from[i];
+        used += dgram_len[i] ? (int)dgram_len[i] : 1;
+        Source *src = source_of(from);
+        if (src == NULL)
+            goto fail;
+        int port = ntohs(from->sin_port);
+        uint32_t ip = ntohl(from->sin_addr.s_addr);
+        const char *why = NULL;
+        if (port < 1024)
+            why = "udp_privileged_source_port";
+        else {
+            PyObject *p = PyLong_FromLong(port);
+            int mine = p == NULL ? -1 : PySet_Contains(own_ports, p);
+            Py_XDECREF(p);
+            if (mine < 0)
+                goto fail;
+            if (mine)
+                why = "udp_own_service_port";
+            else if ((ip >> 28) == 14 || ip == 0xffffffffu) /* 224.0.0.0/4, 255.255.255.255 */
+                why = "udp_group_source";
+            else if (port == own_port && has_own_host && from->sin_addr.s_addr == own_host.s_addr)
+                why = "udp_own_address";
+            else if (rate != NULL || global != NULL) {
+                /* As _admit(): one clock read for both windows when the
+                 * per-network one is there (they share a clock). */
+                if (rate != NULL) {
+                    if (!have_now) {
+                        if (window_now(rate, &now) < 0)
+                            goto fail;
+                        have_now = 1;
+                    }
+                    int ok = window_allow(rate, src->network, now);
+                    if (ok < 0)
+                        goto fail;
+                    if (!ok)
+                        why = "udp_rate_limited";
+                }
+                if (why == NULL && global != NULL) {
+                    double when = now;
+                    if (rate == NULL && window_now(global, &when) < 0)
+                        goto fail;
+                    int ok = window_allow(global, Py_None, when);
+                    if (ok < 0)
+                        goto fail;
+                    if (!ok)
+                        why = "udp_global_rate_limited";
+                }
+            }
+        }
+        if (why != NULL) {
+            if (add_later(later, "refuse", PyUnicode_FromString(why), src->addr) < 0)
+                goto fail;
+            continue;
+        }
+        iov[admitted].iov_base = dgram_bufs + (size_t)i * DGRAM_MAX;
+        iov[admitted].iov_len = dgram_len[i];
+        msgs[admitted].msg_hdr.msg_iov = &iov[admitted];
+        msgs[admitted].msg_hdr.msg_iovlen = 1;
+        msgs[admitted].msg_hdr.msg_name = &dgram_from[i];
+        msgs[admitted].msg_hdr.msg_namelen = sizeof dgram_from[i];
+        Py_INCREF(src->addr);
+        sent_to[admitted] = src->addr;
+        admitted++;
+    }
+    int echoed = 0;
+    Py_ssize_t nbytes = 0;
+    for (int k = 0; k < admitted;) {
+        int sent = sendmmsg(fd, msgs + k, (unsigned)(admitted - k), MSG_DONTWAIT | MSG_NOSIGNAL);
+        int upto = sent > 0 ? k + sent : k;
+        for (; k < upto; k++) {
+            echoed++;
+            nbytes += (Py_ssize_t)iov[k].iov_len;
+            if (PySet_GET_SIZE(peers) < max_peers && PySet_Add(peers, sent_to[k]) < 0)
+                goto fail;
+            if (word != Py_None) {
+                const unsigned char *a = iov[k].iov_base, *b = a + iov[k].iov_len;
+                while (a < b && blank(*a)) a++;
+                while (b > a && blank(b[-1])) b--;
+                if (b - a == PyBytes_GET_SIZE(word) && memcmp(a, PyBytes_AS_STRING(word), (size_t)(b - a)) == 0 &&
+                    add_later(later, "stop", Py_NewRef(Py_None), sent_to[k]) < 0)
+                    goto fail;
+            }
+        }
+        if (sent <= 0) {
+            /* msgs[k] failed (sendmmsg() reports the first failure): note it, go on. */
+            int err = sent < 0 ? errno : EIO;
+            if (err == EINTR)
+                continue;
+            if (add_later(later, "send_error", PyLong_FromLong(err), sent_to[k]) < 0)
+                goto fail;
+            k++;
+        }
+    }
+    for (int k = 0; k < admitted; k++)
+        Py_DECREF(sent_to[k]);
+    return Py_BuildValue("(iiinN)", got, used, echoed, nbytes, later);
+fail:
+    for (int k = 0; k < admitted; k++)
+        Py_DECREF(sent_to[k]);
+    Py_DECREF(later);
+    return NULL;
+}
 
 /*
  * EchoTable: the stream echoes netecho's reactor (netecho/reactor.py) serves
@@ -595,6 +958,8 @@ static PyMethodDef methods[] = {
      "echo_stream(fd, word, pending): one read turn of a stream echo (see netecho/_speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
      "recv_datagrams(fd, count) -> [(data, (host, port)), ...]: up to count IPv4 datagrams by one recvmmsg()"},
+    {"echo_datagrams", echo_datagrams, METH_VARARGS,
+     "echo_datagrams(fd, count, guards) -> (got, used, echoed, nbytes, later): a batch of the UDP echo in C"},
     {"feed", feed, METH_VARARGS,
      "feed(data, word, pending) -> (end, pending): StopWordScanner.feed for a None or empty pending; (-2, pending) otherwise"},
     {"inner_stop_line", inner_stop_line, METH_VARARGS,
@@ -605,14 +970,31 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "netecho._speedups", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (PyType_Ready(&EchoTableType) < 0)
+    if (PyType_Ready(&EchoTableType) < 0 || PyType_Ready(&WindowType) < 0)
         return NULL;
+    if (overflow_key == NULL && (overflow_key = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)) == NULL)
+        return NULL;
+    if (time_monotonic == NULL) {
+        PyObject *time = PyImport_ImportModule("time");
+        if (time == NULL)
+            return NULL;
+        time_monotonic = PyObject_GetAttrString(time, "monotonic");
+        Py_DECREF(time);
+        if (time_monotonic == NULL)
+            return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&EchoTableType);
     if (PyModule_AddObject(m, "EchoTable", (PyObject *)&EchoTableType) < 0) {
         Py_DECREF(&EchoTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&WindowType);
+    if (PyModule_AddObject(m, "Window", (PyObject *)&WindowType) < 0) {
+        Py_DECREF(&WindowType);
         Py_DECREF(m);
         return NULL;
     }

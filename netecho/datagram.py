@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable
 
+import os
 import socket
 from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 
@@ -22,10 +23,11 @@ from netecho.throttle import ThrottledLog
 MAX_DATAGRAM = 65536
 
 try:
-    # One recvmmsg() for several datagrams (netecho/_speedups.c), if built.
-    from netecho._speedups import recv_datagrams
+    # One recvmmsg() for several datagrams, and a whole batch of the echo
+    # (guards, sendmmsg(), counting) in C (netecho/_speedups.c), if built.
+    from netecho._speedups import Window, echo_datagrams, recv_datagrams
 except ImportError:  # pragma: no cover - depends on the build
-    recv_datagrams = None
+    Window = echo_datagrams = recv_datagrams = None
 
 #: Datagrams read per recvmmsg() call (netecho._speedups reads at most 16).
 BATCH = 16
@@ -102,6 +104,9 @@ class DatagramEcho(protocol.DatagramProtocol):
             self.transport.doRead = self._doRead
             if recv_datagrams is not None and self.transport.socket.family == socket.AF_INET:
                 self.transport.doRead = self._doReadBatches
+                if (echo_datagrams is not None and not self.log_data
+                        and all(w is None or type(w) is Window for w in (self.rate, self.global_rate))):
+                    self.transport.doRead = self._doReadInC
 
     def _doRead(self) -> None:
         """
@@ -151,7 +156,48 @@ class DatagramEcho(protocol.DatagramProtocol):
             if len(batch) < BATCH:
                 return
 
-    def _refuse(self, reason: str, host: str, port: int) -> None:
+    def _doReadInC(self) -> None:
+        """
+        L{_doReadBatches} with the batch's work in C
+        (netecho._speedups.echo_datagrams): the same guards in the same
+        order (L{_admit}; the C rate windows, one clock read per batch),
+        the admitted datagrams echoed by one sendmmsg() from the buffers
+        they were read into, counted and their peers remembered in C. What
+        needs Python (a refusal's log line, a failed send, the stop word)
+        comes back and is done here, after the batch. Not with
+        C{--log-data}, which needs each payload.
+        """
+        fd = self.transport.fileno()
+        stats = self.stats
+        peers, bound = stats.udp_peer_table()
+        word = self.stop_word if self.on_stop_word is not None and self.stop_word else None
+        guards = (self.own_ports, self._own[0], self._own[1], self.rate, self.global_rate, word, peers, bound)
+        budget = self.transport.maxThroughput
+        while budget > 0:
+            try:
+                got, used, echoed, nbytes, later = echo_datagrams(fd, BATCH, guards)
+            except OSError as e:
+                if e.errno in _READ_IGNORED:
+                    return
+                raise
+            budget -= used
+            stats.datagrams_echoed += echoed
+            stats.bytes_counted += nbytes
+            for what, detail, addr in later:
+                try:
+                    if what == "refuse":
+                        self._refuse(detail, addr[0], addr[1])
+                    elif what == "send_error":
+                        self._send_failed(addr, os.strerror(detail))
+                    else:  # "stop"
+                        self.on_stop_word()
+                except Exception:
+                    self.log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
+            if got < BATCH:
+                return
+
+    def _refuse(self, reason: str, host: str, port: int) -> bool:
+        """Count and log a datagram that gets no echo; False (for L{_admit})."""
         self.stats.drop(reason)
         self.throttled.warn(
             reason,
@@ -159,8 +205,25 @@ class DatagramEcho(protocol.DatagramProtocol):
             peer=join_host_port(unmap(host), port),
             why=reason.removeprefix("udp_").replace("_", " "),
         )
+        return False
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:
+        if not self._admit(addr):
+            return
+        try:
+            self._sendto(data, addr)
+        except OSError as e:
+            # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
+            self._send_failed(addr, e.strerror or str(e))
+            return
+        self._echoed(data, addr)
+
+    def _admit(self, addr: tuple) -> bool:
+        """
+        Whether a datagram from C{addr} gets its echo: the guards, in order
+        (a datagram that passes them is counted against the rates); a
+        refusal is counted and logged.
+        """
         host, port = addr[0], addr[1]
         if port < 1024:
             return self._refuse("udp_privileged_source_port", host, port)
@@ -180,18 +243,21 @@ class DatagramEcho(protocol.DatagramProtocol):
                 return self._refuse("udp_global_rate_limited", host, port)
         elif global_rate is not None and not global_rate.allow(None):
             return self._refuse("udp_global_rate_limited", host, port)
-        try:
-            self._sendto(data, addr)
-        except OSError as e:
-            # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
-            self.stats.drop("udp_send_error")
-            self.throttled.warn(
-                "udp_send_error",
-                "udp: reply to {peer} failed: {error}",
-                peer=join_host_port(unmap(host), port),
-                error=(e.strerror or str(e)).lower(),
-            )
-            return
+        return True
+
+    def _send_failed(self, addr: tuple, error: str) -> None:
+        """The echo to C{addr} failed (C{error}: its strerror): one datagram lost."""
+        self.stats.drop("udp_send_error")
+        self.throttled.warn(
+            "udp_send_error",
+            "udp: reply to {peer} failed: {error}",
+            peer=join_host_port(unmap(addr[0]), addr[1]),
+            error=error.lower(),
+        )
+
+    def _echoed(self, data: bytes, addr: tuple) -> None:
+        """The echo of C{data} went to C{addr}: count it, log it, heed the stop word."""
+        host, port = addr[0], addr[1]
         stats = self.stats
         stats.datagrams_echoed += 1
         stats.bytes_counted += len(data)

@@ -62,7 +62,7 @@ class TokenBuckets:
         return ok
 
 
-class RateWindow:
+class PyRateWindow:
     """
     At most C{rate} events a second per key, counted in one-second windows:
     a dict lookup and an increment per event, cheap enough for every UDP
@@ -105,6 +105,14 @@ class RateWindow:
             return False
         counts[key] = count + 1
         return True
+
+
+try:
+    # The same window in C (netecho/_speedups.c), which the UDP echo's C
+    # read loop counts in without calling Python; the tests run both.
+    from netecho._speedups import Window as RateWindow
+except ImportError:  # pragma: no cover - depends on the build
+    RateWindow = PyRateWindow
 
 
 def source_key(addr: object) -> str | None:

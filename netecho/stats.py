@@ -85,6 +85,10 @@ class Stats:
         if len(peers) < MAX_TRACKED_UDP_PEERS:
             peers.add(addr)
 
+    def udp_peer_table(self) -> tuple[set, int]:
+        """The set L{udp_peer} adds to and its bound (for netecho's C read loop)."""
+        return self._udp_peers, MAX_TRACKED_UDP_PEERS
+
     def drop(self, reason: str) -> None:
         """Count one refused connection or dropped datagram."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
