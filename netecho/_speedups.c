@@ -4,10 +4,12 @@
  * gives the same answers (the tests run both).
  *
  * - the stop-word scanner (netecho/stopword.py): feed(), inner_stop_line();
- * - reading a batch of UDP datagrams with one recvmmsg() (netecho/datagram.py):
- *   recv_datagrams();
- * - one read turn of a stream echo: recv, scan, send (netecho/echo.py):
- *   echo_stream().
+ * - the UDP echo (netecho/datagram.py): recv_datagrams() reads a batch with
+ *   one recvmmsg(); echo_datagrams() does a whole batch (guards, sendmmsg(),
+ *   counting); Window is netecho.limits.RateWindow;
+ * - the stream echo (netecho/echo.py): echo_stream(), one read turn (recv,
+ *   scan, send); EchoTable, the echoes netecho's reactor serves in C
+ *   (netecho/reactor.py).
  *
  * inner_stop_line(data, word, start, end) -> int
  *
