@@ -381,6 +381,10 @@ static int window_traverse(Window *w, visitproc visit, void *arg) {
 }
 
 static int window_now(Window *w, double *now) {
+    if (w->clock == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Window: __init__ was not called");
+        return -1;
+    }
     if (w->monotonic) {
         *now = monotonic();
         return 0;
@@ -396,6 +400,10 @@ static int window_now(Window *w, double *now) {
 /* RateWindow.allow(key, now): 1, 0, or -1 with an exception set. */
 static int window_allow(Window *w, PyObject *key, double now) {
     PyObject *counts = w->counts;
+    if (counts == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Window: __init__ was not called");
+        return -1;
+    }
     if (now - w->start >= 1.0) {
         PyDict_Clear(counts);
         w->start = now;
