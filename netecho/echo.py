@@ -216,25 +216,20 @@ class Echo(StreamSession):
     # The byte counters: while this echo is in the reactor's table, what it
     # echoes is counted there, and reading a counter brings that count in.
 
-    @property
-    def received(self) -> int:
-        if self._fast:
-            self._count(self._echoes.take(self._fd))
-        return self._received
+    def _counter(name: str) -> property:  # noqa: N805 - used in the class body
+        def get(self) -> int:
+            if self._fast:
+                self._count(self._echoes.take(self._fd))
+            return getattr(self, name)
 
-    @received.setter
-    def received(self, value: int) -> None:
-        self._received = value
+        def set_(self, value: int) -> None:
+            setattr(self, name, value)
 
-    @property
-    def sent(self) -> int:
-        if self._fast:
-            self._count(self._echoes.take(self._fd))
-        return self._sent
+        return property(get, set_)
 
-    @sent.setter
-    def sent(self, value: int) -> None:
-        self._sent = value
+    received = _counter("_received")
+    sent = _counter("_sent")
+    del _counter
 
     def _count(self, n: int) -> None:
         """C{n} more bytes received and echoed in whole."""
@@ -264,11 +259,8 @@ class Echo(StreamSession):
         if self._fast:
             # An event the table does not serve (not plain EPOLLIN): this
             # turn is Python's, with the state the table holds.
-            gone = self._echoes.remove(self._fd)
-            if gone is None:  # pragma: no cover - the table and _fast agree
-                self._fast = False
-            else:
-                self._leftTable(gone[1], gone[2])
+            _, unsynced, pending = self._echoes.remove(self._fd)
+            self._leftTable(unsynced, pending)
         transport = self.transport
         if transport.dataBuffer or transport._tempDataLen or self._closing or self._log_data:
             return self._doRead()
