@@ -217,6 +217,16 @@ class EchoTableTests(TestCase):
         self.assertEqual((self.table.take(12345), self.table.remove(12345)), (0, None))
 
 
+def read_line(s: socket.socket) -> bytes:
+    out = b""
+    while not out.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def read_exactly(s: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -373,6 +383,11 @@ class TableEchoTests(TestCase):
                 self.assertEqual(threaded.call(lambda: len(threaded.reactor._echoes)), 3)
                 fds = threaded.call(lambda: {p.fileno() for p in threaded.reactor.getReaders()
                                              if isinstance(getattr(p, "protocol", None), echo.Echo)})
+                # The clients to come, made now, so that their descriptors are
+                # not among the ones about to be freed.
+                spare = [socket.socket() for _ in range(6)]
+                for r in spare:
+                    self.addCleanup(r.close)
                 threaded.call(service.stop)  # aborts them: the clients see a reset
                 for s in clients:
                     self.assertRaises(ConnectionResetError, read_all, s)
@@ -387,15 +402,25 @@ class TableEchoTests(TestCase):
             self.assertEqual(threaded.call(lambda: service.stats.closed_bytes.get("tcp")), 3 * each)
             self.assertEqual(threaded.call(lambda: service.stats.bytes_echoed), 3 * each)
             self.assertEqual(threaded.call(lambda: len(threaded.reactor._echoes)), 0)
-            # Six descriptors freed (three clients, three server sides); eight
-            # new ones: at least two of the server sides get an echo's number.
-            others = [connect(randoms) for _ in range(4)]
+            # New random-number connections, one at a time, until one of their
+            # server sides has an echo's old descriptor: the kernel hands out
+            # the lowest free one, and only three of the six freed were
+            # clients', so that comes by the fourth.
+            others = []
             try:
-                for r in others:
+                for r in spare:
+                    r.settimeout(10)
+                    r.connect((randoms.host, randoms.port))
+                    others.append(r)
                     r.sendall(b"not an echo\n")
-                    self.assertRegex(read_exactly(r, 1), rb"^\d$")
-                reused = threaded.call(lambda: {p.fileno() for p in threaded.reactor.getReaders()
-                                                if getattr(p, "protocol", None) is not None})
+                    self.assertRegex(read_line(r), rb"^\d+\n$")
+                    reused = threaded.call(lambda: {p.fileno() for p in threaded.reactor.getReaders()
+                                                    if getattr(p, "protocol", None) is not None})
+                    if reused & fds:
+                        break
+                for r in others:  # and they stay random-number clients
+                    r.sendall(b"still not\n")
+                    self.assertRegex(read_line(r), rb"^\d+\n$")
             finally:
                 for r in others:
                     r.close()
