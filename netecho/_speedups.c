@@ -171,47 +171,92 @@ static PyObject *feed(PyObject *self, PyObject *args) {
  */
 static unsigned char stream_buf[65536];
 
+/* One read turn (what echo_stream() and the EchoTable share). */
+typedef struct {
+    int kind;          /* -1: nothing to read; 0-4 as echo_stream()'s kinds, 4: recv() failed */
+    Py_ssize_t n;      /* bytes read */
+    Py_ssize_t sent;   /* of them, bytes sent (kinds 0 and 1) */
+    int err;           /* errno (kind 4) */
+    PyObject *pending; /* kinds 0 and 1: the new pending text (a new reference) */
+} Turn;
+
+/* Non-blocking calls: the GIL stays held (and guards stream_buf). 0, or -1
+ * with an exception set (the scan's, out of memory). */
+static int stream_turn(int fd, PyObject *word, PyObject *pending, Turn *t) {
+    Py_ssize_t end = -1;
+    t->pending = NULL;
+    t->sent = 0;
+    t->n = recv(fd, stream_buf, sizeof stream_buf, 0);
+    if (t->n < 0) {
+        t->err = errno;
+        t->kind = t->err == EAGAIN || t->err == EWOULDBLOCK || t->err == EINTR ? -1 : 4;
+        t->n = 0;
+        return 0;
+    }
+    if (t->n == 0) {
+        t->kind = 3;
+        return 0;
+    }
+    if (word != Py_None) {
+        PyObject *new_pending;
+        int r = scan_chunk(stream_buf, t->n, word, pending, &end, &new_pending);
+        if (r < 0)
+            return -1;
+        if (r == 1 || end >= 0) {
+            Py_XDECREF(new_pending);
+            t->kind = 2;
+            return 0;
+        }
+        t->pending = new_pending ? new_pending : Py_NewRef(Py_None);
+    } else
+        t->pending = Py_NewRef(pending);
+    ssize_t sent = send(fd, stream_buf, (size_t)t->n, MSG_NOSIGNAL);
+    t->sent = sent < 0 ? 0 : sent; /* EAGAIN, or an error transport.write() will find and report */
+    t->kind = t->sent == t->n ? 0 : 1;
+    return 0;
+}
+
+/* A finished turn t (kinds 0-4) as (kind, n, pending, data), or with
+ * unsynced as a fifth item when five is set; old: the pending text before
+ * the turn. Takes t->pending. */
+static PyObject *turn_tuple(Turn *t, PyObject *old, int five, Py_ssize_t unsynced) {
+    PyObject *data;
+    if (t->kind == 1)
+        data = PyBytes_FromStringAndSize((const char *)stream_buf + t->sent, t->n - t->sent);
+    else if (t->kind == 2)
+        data = PyBytes_FromStringAndSize((const char *)stream_buf, t->n);
+    else
+        data = Py_NewRef(Py_None);
+    PyObject *pending = t->pending ? t->pending : Py_NewRef(old);
+    t->pending = NULL;
+    if (data == NULL) {
+        Py_DECREF(pending);
+        return NULL;
+    }
+    Py_ssize_t n = t->kind == 4 ? (Py_ssize_t)t->err : t->n;
+    return five ? Py_BuildValue("inNNn", t->kind, n, pending, data, unsynced)
+                : Py_BuildValue("inNN", t->kind, n, pending, data);
+}
+
 static PyObject *echo_stream(PyObject *self, PyObject *args) {
     int fd;
-    PyObject *word_obj, *pending, *new_pending = NULL, *result;
-    Py_ssize_t end = -1;
+    PyObject *word_obj, *pending;
+    Turn t;
     if (!PyArg_ParseTuple(args, "iOO", &fd, &word_obj, &pending))
         return NULL;
     if (word_obj != Py_None && !PyBytes_Check(word_obj)) {
         PyErr_SetString(PyExc_TypeError, "echo_stream: word must be bytes or None");
         return NULL;
     }
-    /* Non-blocking calls: the GIL stays held (and guards stream_buf). */
-    ssize_t n = recv(fd, stream_buf, sizeof stream_buf, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            Py_RETURN_NONE;
+    if (stream_turn(fd, word_obj, pending, &t) < 0)
+        return NULL;
+    if (t.kind == -1)
+        Py_RETURN_NONE;
+    if (t.kind == 4) {
+        errno = t.err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (n == 0)
-        return Py_BuildValue("inOO", 3, (Py_ssize_t)0, pending, Py_None);
-    if (word_obj != Py_None) {
-        int r = scan_chunk(stream_buf, n, word_obj, pending, &end, &new_pending);
-        if (r < 0)
-            return NULL;
-        if (r == 1 || end >= 0) {
-            Py_XDECREF(new_pending);
-            return Py_BuildValue("inOy#", 2, (Py_ssize_t)n, pending, (const char *)stream_buf, (Py_ssize_t)n);
-        }
-    } else {
-        Py_INCREF(pending);
-        new_pending = pending;
-    }
-    ssize_t sent = send(fd, stream_buf, (size_t)n, MSG_NOSIGNAL);
-    if (sent < 0)
-        sent = 0; /* EAGAIN, or an error transport.write() will find and report */
-    if (sent == n)
-        result = Py_BuildValue("inOO", 0, (Py_ssize_t)n, new_pending ? new_pending : Py_None, Py_None);
-    else
-        result = Py_BuildValue("inOy#", 1, (Py_ssize_t)n, new_pending ? new_pending : Py_None,
-                               (const char *)stream_buf + sent, (Py_ssize_t)(n - sent));
-    Py_XDECREF(new_pending);
-    return result;
+    return turn_tuple(&t, pending, 0, 0);
 }
 
 /*
@@ -824,55 +869,20 @@ static int append_new(PyObject *list, PyObject *item) {
  * was appended to turns (and the entry removed), -1 on an exception.
  */
 static int table_turn(EchoTable *t, int fd, Entry *e, PyObject *turns) {
-    Py_ssize_t end = -1;
-    PyObject *new_pending = NULL, *turn;
-    int kind;
-    ssize_t n = recv(fd, stream_buf, sizeof stream_buf, 0);
-    ssize_t sent = 0;
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return 0;
-        turn = Py_BuildValue("inOOn", 4, (Py_ssize_t)errno, e->pending, Py_None, e->unsynced);
-        goto python;
-    }
-    if (n == 0) {
-        turn = Py_BuildValue("inOOn", 3, (Py_ssize_t)0, e->pending, Py_None, e->unsynced);
-        goto python;
-    }
-    if (e->word != Py_None) {
-        int r = scan_chunk(stream_buf, n, e->word, e->pending, &end, &new_pending);
-        if (r < 0)
-            return -1;
-        if (r == 1 || end >= 0) {
-            Py_XDECREF(new_pending);
-            turn = Py_BuildValue("inOy#n", 2, (Py_ssize_t)n, e->pending, (const char *)stream_buf,
-                                 (Py_ssize_t)n, e->unsynced);
-            goto python;
-        }
-    } else {
-        Py_INCREF(e->pending);
-        new_pending = e->pending;
-    }
-    sent = send(fd, stream_buf, (size_t)n, MSG_NOSIGNAL);
-    if (sent == n) {
-        e->unsynced += n;
-        if (new_pending == NULL) {
-            Py_INCREF(Py_None);
-            new_pending = Py_None;
-        }
-        Py_SETREF(e->pending, new_pending);
+    Turn turn;
+    if (stream_turn(fd, e->word, e->pending, &turn) < 0)
+        return -1;
+    if (turn.kind == -1)
+        return 0;
+    if (turn.kind == 0) {
+        e->unsynced += turn.n;
+        Py_SETREF(e->pending, turn.pending);
         return 0;
     }
-    if (sent < 0)
-        sent = 0; /* EAGAIN, or an error transport.write() will find and report */
-    kind = 1;
-    turn = Py_BuildValue("inOy#n", kind, (Py_ssize_t)n, new_pending ? new_pending : Py_None,
-                         (const char *)stream_buf + sent, (Py_ssize_t)(n - sent), e->unsynced);
-    Py_XDECREF(new_pending);
-python:
-    if (turn == NULL)
+    PyObject *value = turn_tuple(&turn, e->pending, 1, e->unsynced);
+    if (value == NULL)
         return -1;
-    if (append_new(turns, Py_BuildValue("iON", fd, e->session, turn)) < 0)
+    if (append_new(turns, Py_BuildValue("iON", fd, e->session, value)) < 0)
         return -1;
     entry_clear(e);
     t->count--;
