@@ -1,9 +1,9 @@
 """
-The one thing setup.cfg cannot say: netecho's optional C extension
-(netecho/_speedups.c: a stream echo's read turn with the stop-word scan,
-and reading UDP datagrams in batches with recvmmsg). Without a C compiler or Python's headers the build
-skips it with a warning and netecho uses its pure-Python code, which gives
-the same answers.
+The one thing setup.cfg cannot say: netecho's optional C extension,
+netecho/_speedups.c: the stop-word scan (a pure function) and
+recv_datagrams(), a batch of datagrams by one recvmmsg() for the UDP port.
+Without a C compiler or Python's headers the build skips it with a warning
+and netecho uses its pure-Python twins, which give the same answers.
 """
 
 from setuptools import Extension, setup

@@ -62,7 +62,7 @@ class TokenBuckets:
         return ok
 
 
-class PyRateWindow:
+class RateWindow:
     """
     At most C{rate} events a second per key, counted in one-second windows:
     a dict lookup and an increment per event, cheap enough for every UDP
@@ -107,14 +107,6 @@ class PyRateWindow:
         return True
 
 
-try:
-    # The same window in C (netecho/_speedups.c), which the UDP echo's C
-    # read loop counts in without calling Python; the tests run both.
-    from netecho._speedups import Window as RateWindow
-except ImportError:  # pragma: no cover - depends on the build
-    RateWindow = PyRateWindow
-
-
 def source_key(addr: object) -> str | None:
     """The per-source key of a peer address: its IP (IPv4-mapped unmapped); None for Unix peers."""
     host = getattr(addr, "host", None)
@@ -143,7 +135,7 @@ class ConnectionLimits:
     """
     The daemon-wide caps on stream connections: C{total} at once, and
     C{per_source} from one IP address (Twisted's LimitConnectionsByPeer is
-    broken in 26.10, TRAPS.md). Zero disables a cap.
+    broken in 26.10, Twisted issue 12183). Zero disables a cap.
     """
 
     def __init__(self, total: int = 10000, per_source: int = 1000) -> None:
@@ -263,13 +255,11 @@ class Guard:
         self.stats.drop(reason)
         self.throttled.warn(reason, "limit: {peer} cut off: {why}", peer=peer, why=reason.replace("_", " "))
 
-    def opened(self, session, label: str) -> None:
-        stats = self.stats
-        stats.opened[label] = stats.opened.get(label, 0) + 1
-        stats.active[label] = stats.active.get(label, 0) + 1
+    def opened(self, session) -> None:
+        """Watch a new connection (it has C{received}, C{limit_key} and C{transport})."""
         self.sweeper.track(session)
 
-    def closed(self, session, label: str, key: str | None) -> None:
-        self.stats.active[label] -= 1
-        self.limits.release(key)
+    def closed(self, session) -> None:
+        """Forget a connection that has closed."""
+        self.limits.release(session.limit_key)
         self.sweeper.untrack(session)

@@ -15,12 +15,14 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from twisted.application import internet, service
-from twisted.internet import defer, endpoints, error, fdesc, interfaces, tcp, unix
+from twisted.application import service
+from twisted.internet import defer, endpoints, error, fdesc, interfaces
+from twisted.python import failure
 from twisted.logger import Logger
 
 from netecho.address import ipv6_available, join_host_port, parse_port, split_host_port, unmap
 from netecho.datagram import MAX_DATAGRAM
+from netecho.transports import InheritedUNIXEndpoint, inherited_sockets, unix_socket_path
 
 log = Logger()
 
@@ -140,80 +142,50 @@ def _bound(label: str, port: object, own_ports: set[int]) -> None:
     log.info("{label}: listening on {where}", label=label, where=where)
 
 
-class _InheritedUNIXPort(unix.Port):
+class StreamListenerService(service.Service):
     """
-    A Unix listening socket inherited from systemd. Its file belongs to
-    systemd (which set its owner and mode and removes it itself): unlike
-    Twisted's adopted port, never chmod it (a DynamicUser daemon may not)
-    and never unlink it on stop (the next activation needs it).
-    """
-
-    def startListening(self) -> None:
-        self.factory.doStart()
-        skt, self._preexistingSocket = self._preexistingSocket, None
-        self.connected = True
-        self.socket = skt
-        self.fileno = skt.fileno
-        self.numberAccepts = 100
-        self.startReading()
-
-    def connectionLost(self, reason) -> None:
-        tcp.Port.connectionLost(self, reason)
-
-
-class _InheritedUNIXEndpoint:
-    """Listens on an inherited Unix socket through L{_InheritedUNIXPort}."""
-
-    def __init__(self, reactor, fileno: int) -> None:
-        self.reactor = reactor
-        self.fileno = fileno
-
-    def listen(self, factory):
-        try:
-            fdesc.setNonBlocking(self.fileno)
-            port = _InheritedUNIXPort._fromListeningDescriptor(self.reactor, self.fileno, factory)
-            port.startListening()
-            os.close(self.fileno)
-        except Exception:
-            return defer.fail()
-        return defer.succeed(port)
-
-
-class StreamListenerService(internet.StreamServerEndpointService):
-    """
-    A stream listener that fails fast (like C{strports.service}) with a
+    A stream listener that fails fast (as C{strports.service} does) with a
     L{ListenerError} naming it, and logs where it listens.
     """
 
     def __init__(self, reactor, listener: Listener, factory, own_ports: set[int]) -> None:
-        endpoint = endpoints.serverFromString(reactor, listener.description)
+        self.endpoint = endpoints.serverFromString(reactor, listener.description)
         if (
-            isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
-            and endpoint.addressFamily == socket.AF_UNIX
+            isinstance(self.endpoint, endpoints.AdoptedStreamServerEndpoint)
+            and self.endpoint.addressFamily == socket.AF_UNIX
         ):
-            endpoint = _InheritedUNIXEndpoint(reactor, endpoint.fileno)
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True
+            self.endpoint = InheritedUNIXEndpoint(reactor, self.endpoint.fileno)
+        self.factory = factory
         self.listener = listener
         self.own_ports = own_ports
+        self.port = None
         self.setName(listener.label)
 
     def privilegedStartService(self) -> None:
-        self._prepare()
-        try:
-            super().privilegedStartService()
-        except Exception as e:
+        path = unix_socket_path(self.endpoint)
+        if path is not None:
+            reclaim_unix_path(path, self.listener.label)
+        outcome: list = []
+        d = self.endpoint.listen(self.factory)
+        d.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], failure.Failure):
+            e = outcome[0].value
             raise ListenerError(f"cannot listen on {self.listener.label}: {_reason(e)}") from e
-        self._waitingForPort.addCallback(self._logBound)
+        if outcome:
+            self._bound(outcome[0])
+        else:  # an endpoint that listens later: its failure can only be logged
+            d.addCallbacks(self._bound, lambda f: log.failure("cannot listen on {label}", f, label=self.listener.label))
+        service.Service.privilegedStartService(self)
 
-    def _logBound(self, port):
+    def _bound(self, port) -> None:
+        self.port = port
         _bound(self.listener.label, port, self.own_ports)
-        return port
 
-    def _prepare(self) -> None:
-        endpoint = self.endpoint
-        if isinstance(endpoint, endpoints.UNIXServerEndpoint) and endpoint._wantPID:
-            reclaim_unix_path(endpoint._address, self.listener.label)
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
 
 
 def reclaim_unix_path(path: str, label: str) -> None:
@@ -291,9 +263,7 @@ class DatagramListenerService(service.Service):
         return reactor.listenUDP(port, self.protocol, interface=host, maxPacketSize=MAX_DATAGRAM)
 
     def _adopt(self, name: str):
-        # Importing twisted.internet.endpoints took LISTEN_FDS/LISTEN_FDNAMES
-        # out of the environment; its systemd parser keeps what it found.
-        named = endpoints._SystemdParser._sddaemon.inheritedNamedDescriptors()
+        named = inherited_sockets()
         if name not in named:
             known = ", ".join(sorted(named)) or "none"
             raise ListenerError(

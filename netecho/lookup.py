@@ -3,7 +3,7 @@ DNS lookups through twisted.names, checked and printed as ``dig +short`` does.
 
 twisted.names provides the message codec (L{dns.Message}, the record
 classes) and the hosts-file search; the exchange with a server is ours,
-because C{client.Resolver} trusts too much (TRAPS.md): it accepts a reply
+because C{client.Resolver} trusts too much: it accepts a reply
 to a different question and one with QR=0, retries over TCP to whichever
 server comes next, keeps TCP connections open and re-arms a resolv.conf
 timer forever. Here a reply counts only when its ID, QR bit and question

@@ -7,8 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web import resource, server
 
-from netecho.limits import IdleSweeper
-from netecho.stats import Stats
+from netecho.stats import ECHO_LABELS, Stats
 
 STREAM_SERVICES = ("tcp", "unix", "random", "pb")
 
@@ -19,18 +18,8 @@ class StatsCollector:
     path only bumps plain integers and pays nothing for metrics.
     """
 
-    def __init__(self, stats: Stats, sweeper: IdleSweeper | None = None) -> None:
+    def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.sweeper = sweeper
-
-    def _live_bytes(self) -> dict[str, int]:
-        live: dict[str, int] = {}
-        if self.sweeper is not None:
-            for session in self.sweeper.sessions:
-                label = getattr(session, "label", None)
-                if label is not None:
-                    live[label] = live.get(label, 0) + session.sent
-        return live
 
     def collect(self):
         s = self.stats
@@ -46,13 +35,8 @@ class StatsCollector:
 
         echoed = CounterMetricFamily(
             "netecho_bytes_echoed", "Bytes echoed back, by service.", labels=["service"])
-        live = self._live_bytes()
-        stream_total = 0
-        for service in ("tcp", "unix"):
-            value = s.closed_bytes.get(service, 0) + live.get(service, 0)
-            stream_total += value
-            echoed.add_metric([service], value)
-        echoed.add_metric(["udp"], max(s.bytes_echoed - stream_total, 0))
+        for service in ECHO_LABELS:
+            echoed.add_metric([service], s.bytes_sent[service])
         yield echoed
 
         datagrams = CounterMetricFamily(
@@ -99,10 +83,10 @@ class MetricsPage(resource.Resource):
         return generate_latest(self.registry)
 
 
-def metrics_site(stats: Stats, sweeper: IdleSweeper | None = None) -> server.Site:
+def metrics_site(stats: Stats) -> server.Site:
     """A web site serving the daemon's metrics at C{/metrics} (404 elsewhere)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(StatsCollector(stats, sweeper))
+    registry.register(StatsCollector(stats))
     root = resource.Resource()
     root.putChild(b"metrics", MetricsPage(registry))
     site = server.Site(root)

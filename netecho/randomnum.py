@@ -4,35 +4,44 @@ from __future__ import annotations
 
 import random
 
-from netecho.echo import StreamFactory, StreamSession
+from twisted.internet import interfaces, protocol
+from zope.interface import implementer
 
 #: Answers are uniform in [0, RANDOM_LIMIT), like Go's rand.Int31.
 RANDOM_LIMIT = 2**31
 
 
-class RandomNumber(StreamSession):
+@implementer(interfaces.IHalfCloseableProtocol)
+class RandomNumber(protocol.Protocol):
     """
     Answers each received line (LF-terminated, whatever its length or
-    content, the stop line included) with a random number and a newline.
-    Only line ends are counted, so a long line costs no memory.
+    content) with a random number and a newline. Only line ends are
+    counted, so a long line costs no memory; a client that does not read
+    its answers is paused, as the echo's are.
     """
 
-    def answer(self, data: bytes) -> None:
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
         lines = data.count(b"\n")
-        if not lines:
-            return
-        below = self.factory.rng.randrange
-        reply = "".join([f"{below(RANDOM_LIMIT)}\n" for _ in range(lines)]).encode("ascii")
-        self.transport.write(reply)
-        self.sent += len(reply)
+        if lines:
+            below = self.factory.rng.randrange
+            self.transport.write("".join([f"{below(RANDOM_LIMIT)}\n" for _ in range(lines)]).encode("ascii"))
+
+    def readConnectionLost(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
 
-class RandomNumberFactory(StreamFactory):
+class RandomNumberFactory(protocol.Factory):
     """Builds L{RandomNumber} protocols; C{rng} may be seeded for tests."""
 
     protocol = RandomNumber
-    service = "random"
+    noisy = False
 
-    def __init__(self, *args: object, rng: random.Random | None = None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random()

@@ -3,60 +3,77 @@ The epoll reactor netecho runs on: ``twistd netecho`` uses it unless
 C{--reactor} picks another (C{twistd --reactor epoll netecho} is Twisted's
 own); C{twistd --reactor netecho-epoll} picks it for any application.
 
-Twisted's epoll reactor wraps every readiness event in
-C{log.callWithLogger}, which pushes and pops a legacy logging context so
-that old-style C{log.msg} lines carry the connection's prefix. On an echo
-path that is a context push and pop per message, about 2 of the 5
-microseconds of Python an echo costs (benchmarks/RESULTS.md). This reactor dispatches
-events directly; the only difference is that legacy log lines written
-during an event show C{[-]} instead of the connection's prefix
-(twisted.logger namespaces, which netecho uses, are unaffected).
+It is Twisted's epoll reactor with two differences, both below the
+protocols, so every Twisted protocol gains from them:
 
-Where netecho's C extension is built, the reactor also keeps an
-C{EchoTable} (netecho/_speedups.c): the stream echoes (netecho/echo.py)
-that can run in C put themselves in it, and the reactor's wait on epoll
-serves their plain read events in C, waiting again (within the timeout
-Twisted asked for) until an event comes that Python code must see. An echo
-leaves the table when its descriptor stops being read (Twisted removes a
-reader before it closes its socket), and for any turn C cannot finish
-(a partial send, the stop word, end of file, an error), which goes back
-to the echo in Python (C{Echo._tableTurn}).
+ - its listeners make netecho's transports and ports
+   (L{netecho.transports}): eager stream writes, C{recv()} on Unix
+   streams, batched UDP reads;
+ - it dispatches readiness events directly. Twisted wraps every event in
+   C{log.callWithLogger}, which pushes and pops a legacy logging context so
+   that old-style C{log.msg} lines carry the connection's prefix: about 2
+   of the 5 microseconds of Python an echo costs. The only visible
+   difference: legacy log lines written during an event show C{[-]}
+   (twisted.logger namespaces, which netecho uses, are unaffected).
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from select import EPOLLIN
 
-from twisted.internet import epollreactor
+from twisted.internet import epollreactor, error
 from twisted.internet.main import installReactor
 from twisted.python import log
 
-try:
-    from netecho._speedups import EchoTable
-except ImportError:  # pragma: no cover - depends on the build
-    EchoTable = None
+from netecho.transports import DatagramPort, TCPPort, UNIXPort
 
 
 class DirectEPollReactor(epollreactor.EPollReactor):
-    """L{EPollReactor} without the per-event legacy log context."""
+    """L{EPollReactor} with netecho's transports and no per-event legacy log context."""
 
-    def __init__(self) -> None:
-        self._echoes = EchoTable() if EchoTable is not None else None
-        super().__init__()
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        p = TCPPort(port, factory, backlog, interface, self)
+        p.startListening()
+        return p
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        p = UNIXPort(address, factory, backlog, mode, self, wantPID)
+        p.startListening()
+        return p
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        p = DatagramPort(port, protocol, interface, maxPacketSize, self)
+        p.startListening()
+        return p
+
+    def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
+        if addressFamily == socket.AF_UNIX:
+            p = UNIXPort._fromListeningDescriptor(self, fileDescriptor, factory)
+        elif addressFamily in (socket.AF_INET, socket.AF_INET6):
+            p = TCPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, factory)
+        else:
+            raise error.UnsupportedAddressFamily(addressFamily)
+        p.startListening()
+        return p
+
+    def adoptDatagramPort(self, fileDescriptor, addressFamily, protocol, maxPacketSize=8192):
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            raise error.UnsupportedAddressFamily(addressFamily)
+        p = DatagramPort._fromListeningDescriptor(
+            self, fileDescriptor, addressFamily, protocol, maxPacketSize=maxPacketSize
+        )
+        p.startListening()
+        return p
 
     def doPoll(self, timeout):
         if timeout is None:
             timeout = -1
-        echoes = self._echoes
         try:
-            if echoes is None:
-                events = self._poller.poll(timeout, len(self._selectables))
-            else:
-                events, turns = echoes.poll(self._poller.fileno(), len(self._selectables), timeout)
-                if turns:
-                    self._tableTurns(turns)
+            # Private: _poller and _selectables are EPollReactor's state.
+            events = self._poller.poll(timeout, len(self._selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return
@@ -81,39 +98,6 @@ class DirectEPollReactor(epollreactor.EPollReactor):
                     self._disconnectSelectable(selectable, why, True)
             else:
                 dispatch(selectable, fd, event)
-
-    def _tableTurns(self, turns) -> None:
-        """Finish, in Python, the echo turns the table handed back."""
-        selectables = self._selectables
-        for fd, session, turn in turns:
-            selectable = selectables.get(fd)
-            if selectable is None:  # pragma: no cover - closed in between
-                continue
-            try:
-                why = session._tableTurn(turn)
-            except BaseException:
-                why = sys.exc_info()[1]
-                log.err()
-            if why:
-                self._disconnectSelectable(selectable, why, True)
-
-    def removeReader(self, reader) -> None:
-        echoes = self._echoes
-        if echoes:
-            fd = reader.fileno()
-            if fd == -1:
-                fd = next((fd for fd, known in self._selectables.items() if known is reader), -1)
-            gone = echoes.remove(fd) if fd >= 0 else None
-            if gone is not None:
-                session, unsynced, pending = gone
-                session._leftTable(unsynced, pending)
-        super().removeReader(reader)
-
-    def _countEchoes(self) -> None:
-        """Add what the table's echoes have echoed to their counters."""
-        if self._echoes:
-            for session, n in self._echoes.flush():
-                session._count(n)
 
     doIteration = doPoll
 

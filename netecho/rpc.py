@@ -21,6 +21,7 @@ from netecho import lookup
 from netecho.address import describe, unmap
 from netecho.errors import UserError
 from netecho.limits import Guard, TokenBuckets
+from netecho.policies import Served
 from netecho.stats import Stats
 from netecho.throttle import ThrottledLog
 
@@ -105,16 +106,13 @@ class EchoAvatar(pb.Avatar):
 
     def perspectiveMessageReceived(self, broker, message, args, kw):
         stats = self.service.stats
-        stats.rpc_calls += 1
         name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
         if not hasattr(self, "perspective_" + name):
             name = "unknown"  # keeps the metric's label set bounded
-        by_method = stats.rpc_by_method
-        by_method[name] = by_method.get(name, 0) + 1
+        stats.rpc_call(name)
 
         def count(outcome):
-            key = (name, outcome)
-            stats.rpc_outcomes[key] = stats.rpc_outcomes.get(key, 0) + 1
+            stats.rpc_done(name, outcome)
 
         try:
             result = super().perspectiveMessageReceived(broker, message, args, kw)
@@ -151,13 +149,13 @@ class EchoAvatar(pb.Avatar):
         return self.service.stats.as_dict()
 
     async def _lookup(self, name: str, rrtype: str) -> list[dict]:
-        lookups = self.service.stats.lookups
+        stats = self.service.stats
         try:
             answers = await lookup.lookup(self.service.reactor, name, rrtype, self.service.lookup_servers)
         except UserError as e:
-            lookups["error"] = lookups.get("error", 0) + 1
+            stats.lookup_done("error")
             raise pb.Error(str(e)) from None
-        lookups["ok"] = lookups.get("ok", 0) + 1
+        stats.lookup_done("ok")
         return [a.as_json() for a in answers]
 
     def perspective_lookup(self, *args: Any):
@@ -174,7 +172,8 @@ class AdminAvatar(EchoAvatar):
 
     def perspective_quit(self) -> str:
         log.info("quit requested over RPC by {user}", user=self.user)
-        # Answer first: stopping now would lose the reply (TRAPS.md).
+        # Answer first: stopping the reactor now loses the reply (the caller
+        # would see PBConnectionLost).
         self.service.reactor.callLater(0.05, self.service.stop_daemon, f"quit by {self.user} over RPC")
         return "stopping"
 
@@ -199,7 +198,7 @@ class Realm:
 
 class GuardedBroker(pb.Broker):
     """
-    A Broker that closes connections that do not log in within
+    A Broker (under L{Served}'s caps and idle sweep) that closes connections that do not log in within
     L{LOGIN_TIMEOUT} seconds or send more than L{PRELOGIN_BYTES} before,
     that send one message larger than L{MESSAGE_BYTES}, or that send bytes
     Banana cannot parse: one log line (rate-limited), no traceback.
@@ -208,17 +207,11 @@ class GuardedBroker(pb.Broker):
     authenticated = False
     _pending = 0
     _received = 0
-    #: All bytes received: the idle sweep watches it.
-    received = 0
-    _limit_key = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         service = self.factory.service
-        service.stats.pb += 1
         self.peer = describe(self.transport.getPeer())
-        if service.guard is not None:
-            service.guard.opened(self, "pb")
         self._deadline = service.reactor.callLater(service.login_timeout, self._refuse, "no login in time")
 
     def _refuse(self, why: str) -> None:
@@ -226,7 +219,6 @@ class GuardedBroker(pb.Broker):
         self.transport.abortConnection()
 
     def dataReceived(self, chunk: bytes) -> None:
-        self.received += len(chunk)
         self._pending += len(chunk)
         if not self.authenticated:
             self._received += len(chunk)
@@ -253,14 +245,11 @@ class GuardedBroker(pb.Broker):
     def connectionLost(self, reason) -> None:
         if self._deadline.active():
             self._deadline.cancel()
-        guard = self.factory.service.guard
-        if guard is not None:
-            guard.closed(self, "pb", self._limit_key)
         super().connectionLost(reason)
 
 
 class GuardedPBFactory(pb.PBServerFactory):
-    """A PB server factory whose brokers count against the daemon's connection caps."""
+    """A PB server factory making L{GuardedBroker}s."""
 
     protocol = GuardedBroker
     noisy = False
@@ -268,16 +257,6 @@ class GuardedPBFactory(pb.PBServerFactory):
     def __init__(self, service: "RPCService") -> None:
         super().__init__(_Root(service))
         self.service = service
-
-    def buildProtocol(self, addr):
-        key = None
-        if self.service.guard is not None:
-            accepted, key = self.service.guard.admit(addr)
-            if not accepted:
-                return None
-        broker = super().buildProtocol(addr)
-        broker._limit_key = key
-        return broker
 
 
 class _BrokerPortal:
@@ -355,6 +334,6 @@ class RPCService:
         self.stats.drop("pb_" + why.replace(" ", "_"))
         self.throttled.warn(why, "pb: {peer}: {why}", peer=peer, why=why)
 
-    def factory(self) -> pb.PBServerFactory:
-        """A server factory for one PB listener."""
-        return GuardedPBFactory(self)
+    def factory(self) -> Served:
+        """A server factory for one PB listener (under the daemon's caps and idle sweep)."""
+        return Served(GuardedPBFactory(self), self.stats, "pb", guard=self.guard)

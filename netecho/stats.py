@@ -9,29 +9,24 @@ from typing import Callable
 #: flood of spoofed sources cannot grow the daemon's memory without bound.
 MAX_TRACKED_UDP_PEERS = 65536
 
+#: The labels whose bytes are echoes (the random service and PB are not).
+ECHO_LABELS = ("tcp", "unix", "udp")
+
 
 class Stats:
     """
-    Live counters of one daemon.
-
-    Protocols bump the plain integer attributes directly: that is the cheapest
-    thing to do on the echo path, and the attributes are the public interface.
-    The one exception is C{bytes_echoed}: stream echoes that netecho's reactor
-    serves in C (netecho/reactor.py) count there, and reading the property
-    first adds what they counted (see L{count_elsewhere}); writers bump
-    C{bytes_counted}.
+    Live counters of one daemon. The services push into them through the
+    small methods below (L{netecho.policies} calls them); readers (the
+    summary, the RPC C{stats()} call, the metrics) read the attributes.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.started = clock()
-        #: Stream clients by transport: TCP and Unix (echo and random alike).
+        #: Stream clients by transport: TCP and Unix (echo and random alike), PB.
         self.tcp = 0
         self.unix = 0
         self.pb = 0
-        #: Bytes echoed, as counted so far by the Python code.
-        self.bytes_counted = 0
-        self._elsewhere: set[Callable[[], None]] = set()
         self.datagrams_echoed = 0
         self.rpc_calls = 0
         #: RPC calls by method name.
@@ -40,34 +35,71 @@ class Stats:
         self.rpc_outcomes: dict[tuple[str, str], int] = {}
         #: lookup() calls served by the daemon, by outcome (ok, error).
         self.lookups: dict[str, int] = {}
-        #: Stream connections accepted and open now, by service label
-        #: (tcp, unix, random, pb).
+        #: Stream connections accepted and open now, by label
+        #: (tcp, unix: the echo; random; pb).
         self.opened: dict[str, int] = {}
         self.active: dict[str, int] = {}
-        #: Bytes echoed by connections that have closed, by label.
-        self.closed_bytes: dict[str, int] = {}
+        #: Bytes sent, by label (tcp, unix, udp, random, pb).
+        self.bytes_sent: dict[str, int] = dict.fromkeys(ECHO_LABELS, 0)
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
 
+    # What the services push.
+
+    def connection_opened(self, label: str, kind: str) -> None:
+        """A stream connection was accepted: C{label} as in L{opened}, C{kind} tcp, unix or pb."""
+        self.opened[label] = self.opened.get(label, 0) + 1
+        self.active[label] = self.active.get(label, 0) + 1
+        if kind == "unix":
+            self.unix += 1
+        elif kind == "pb":
+            self.pb += 1
+        else:
+            self.tcp += 1
+
+    def connection_closed(self, label: str) -> None:
+        """A stream connection accepted with C{label} has closed."""
+        self.active[label] -= 1
+
+    def sent(self, label: str, n: int) -> None:
+        """C{n} more bytes sent on a C{label} stream."""
+        sent = self.bytes_sent
+        sent[label] = sent.get(label, 0) + n
+
+    def datagram_sent(self, n: int, addr: tuple[str, int]) -> None:
+        """A datagram of C{n} bytes was echoed to C{addr}."""
+        self.datagrams_echoed += 1
+        self.bytes_sent["udp"] += n
+        peers = self._udp_peers
+        if len(peers) < MAX_TRACKED_UDP_PEERS:
+            peers.add(addr)
+
+    def rpc_call(self, method: str) -> None:
+        """A PB call of C{method} arrived."""
+        self.rpc_calls += 1
+        self.rpc_by_method[method] = self.rpc_by_method.get(method, 0) + 1
+
+    def rpc_done(self, method: str, outcome: str) -> None:
+        """A PB call of C{method} ended with C{outcome} (ok, error)."""
+        key = (method, outcome)
+        self.rpc_outcomes[key] = self.rpc_outcomes.get(key, 0) + 1
+
+    def lookup_done(self, outcome: str) -> None:
+        """A lookup() served over PB ended with C{outcome} (ok, error)."""
+        self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
+
+    def drop(self, reason: str) -> None:
+        """Count one refused connection or dropped datagram."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    # What readers see.
+
     @property
     def bytes_echoed(self) -> int:
-        """Bytes echoed back (stream and datagram), up to this moment."""
-        for bring in list(self._elsewhere):
-            bring()
-        return self.bytes_counted
-
-    @bytes_echoed.setter
-    def bytes_echoed(self, value: int) -> None:
-        self.bytes_counted = value
-
-    def count_elsewhere(self, bring: Callable[[], None]) -> None:
-        """
-        Some echoes are counted outside these attributes: C{bring()} adds
-        what they have counted to C{bytes_counted} (and to the sessions'
-        own counters); L{bytes_echoed} calls it before it answers.
-        """
-        self._elsewhere.add(bring)
+        """Bytes echoed back, stream and datagram."""
+        sent = self.bytes_sent
+        return sent["tcp"] + sent["unix"] + sent["udp"]
 
     @property
     def clients_served(self) -> int:
@@ -78,20 +110,6 @@ class Stats:
     def udp_peers(self) -> int:
         """Distinct UDP source addresses echoed to (exact up to a bound)."""
         return len(self._udp_peers)
-
-    def udp_peer(self, addr: tuple[str, int]) -> None:
-        """Remember a UDP peer that got an echo."""
-        peers = self._udp_peers
-        if len(peers) < MAX_TRACKED_UDP_PEERS:
-            peers.add(addr)
-
-    def udp_peer_table(self) -> tuple[set, int]:
-        """The set L{udp_peer} adds to and its bound (for netecho's C read loop)."""
-        return self._udp_peers, MAX_TRACKED_UDP_PEERS
-
-    def drop(self, reason: str) -> None:
-        """Count one refused connection or dropped datagram."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def uptime(self) -> float:
         """Seconds since the counters were created."""

@@ -41,6 +41,11 @@ def _inner_line(word: bytes):
     return re.compile(b"\n" + _BLANKS + re.escape(word) + _BLANKS + b"(?=\n)").search
 
 
+def is_stop_datagram(data: bytes, word: bytes) -> bool:
+    """Whether a datagram is the stop word: its text, trimmed, equals C{word}."""
+    return data.strip() == word
+
+
 class StopWordScanner:
     """
     Finds the first line whose whitespace-trimmed text equals the stop word.

@@ -9,8 +9,8 @@ from twisted.python import usage
 
 from netecho import __version__
 from netecho.daemon import NetechoService
-from netecho.datagram import DatagramEcho
-from netecho.echo import EchoFactory
+from netecho.datagram import DatagramGuard
+from netecho.echo import DatagramEcho, EchoFactory
 from netecho.listeners import (
     DatagramListenerService,
     StreamListenerService,
@@ -20,6 +20,7 @@ from netecho.listeners import (
 )
 from netecho.limits import ConnectionLimits, Guard, IdleSweeper, RateWindow
 from netecho.metrics import metrics_site
+from netecho.policies import Served, ServedDatagrams
 from netecho.randomnum import RandomNumberFactory
 from netecho.rpc import RPCService, UsersFileError, load_users, readable_by_others
 from netecho.stats import Stats
@@ -210,30 +211,34 @@ def makeService(config: Options, reactor=None) -> NetechoService:
     rate = config["udp-rate"]
     global_rate = config["udp-global-rate"]
     own_ports: set[int] = set()
-    stop_word = config["stop-word"].encode("utf-8")
-    on_stop = top.stop_word_heard if config["exit-on-stop"] else None
-    common = dict(stop_word=stop_word, on_stop_word=on_stop, log_data=config["log-data"])
-    echo = EchoFactory(stats, guard=guard, **common)
+    policy = dict(
+        stop_word=config["stop-word"].encode("utf-8"),
+        on_stop_word=top.stop_word_heard if config["exit-on-stop"] else None,
+        log_data=config["log-data"],
+    )
     rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"], guard=guard)
     if config["pb-users"] is not None and readable_by_others(config["pb-users"]):
         log.warn("--pb-users {path} is readable by others: chmod 600 it", path=config["pb-users"])
+
+    def udp_echo() -> ServedDatagrams:
+        udp_guard = DatagramGuard(
+            stats, own_ports,
+            rate=RateWindow(rate) if rate else None,
+            global_rate=RateWindow(global_rate, size=1) if global_rate else None,
+        )
+        return ServedDatagrams(DatagramEcho(), stats, guard=udp_guard, **policy)
+
+    echo = Served(EchoFactory(), stats, "echo", guard=guard, **policy)
+    # Listener option -> what serves it (built once per listener, or shared).
+    serves = {
+        "tcp": lambda: echo,
+        "unix": lambda: echo,
+        "udp": udp_echo,
+        "random": lambda: Served(RandomNumberFactory(), stats, "random", guard=guard, **policy),
+        "pb": rpc.factory,
+        "metrics": lambda: metrics_site(stats),
+    }
     for listener in config["listeners"]:
-        if listener.option == "udp":
-            proto = DatagramEcho(
-                stats, own_ports, **common,
-                rate=RateWindow(rate) if rate else None,
-                global_rate=RateWindow(global_rate, size=1) if global_rate else None,
-            )
-            child = DatagramListenerService(reactor, listener, proto, own_ports)
-        elif listener.option in ("tcp", "unix"):
-            child = StreamListenerService(reactor, listener, echo, own_ports)
-        elif listener.option == "pb":
-            child = StreamListenerService(reactor, listener, rpc.factory(), own_ports)
-        elif listener.option == "metrics":
-            child = StreamListenerService(reactor, listener, metrics_site(stats, sweeper), own_ports)
-        else:
-            child = StreamListenerService(
-                reactor, listener, RandomNumberFactory(stats, guard=guard, **common), own_ports
-            )
-        child.setServiceParent(top)
+        kind = DatagramListenerService if listener.option == "udp" else StreamListenerService
+        kind(reactor, listener, serves[listener.option](), own_ports).setServiceParent(top)
     return top

@@ -29,8 +29,9 @@ from typing import Callable
 from twisted.internet import defer
 
 from netecho.address import join_host_port
-from netecho.datagram import MAX_DATAGRAM, DatagramEcho
-from netecho.echo import EchoFactory, StreamFactory
+from netecho.datagram import MAX_DATAGRAM, DatagramGuard
+from netecho.echo import DatagramEcho, EchoFactory
+from netecho.policies import Served, ServedDatagrams
 from netecho.randomnum import RandomNumberFactory
 from netecho.stats import Stats
 
@@ -59,18 +60,17 @@ class RunningService:
         return self.path if self.path is not None else join_host_port(self.host, self.port)
 
 
-def _tracking(factory: StreamFactory) -> tuple[StreamFactory, Callable[[], defer.Deferred]]:
+def track_connections(factory: Served) -> Callable[[], defer.Deferred]:
     """
-    Make C{factory} remember its live connections; return it and a function
-    that drops them all and fires once each has gone (no dirty reactor).
+    Make C{factory} remember its live connections; return a function that
+    drops them all and fires once each has gone (no dirty reactor).
     """
     live: dict = {}
-    base = factory.protocol
 
-    class Tracked(base):
-        def connectionMade(self):
+    class Tracked(factory.protocol):
+        def makeConnection(self, transport):
             live[self] = defer.Deferred()
-            super().connectionMade()
+            super().makeConnection(transport)
 
         def connectionLost(self, reason=None):
             super().connectionLost(reason)
@@ -80,11 +80,11 @@ def _tracking(factory: StreamFactory) -> tuple[StreamFactory, Callable[[], defer
 
     def drop_all() -> defer.Deferred:
         waiting = list(live.values())
-        for proto in list(live):
-            proto.transport.abortConnection()
+        for session in list(live):
+            session.transport.abortConnection()
         return defer.gatherResults(waiting)
 
-    return factory, drop_all
+    return drop_all
 
 
 def start(kind: str, reactor=None, stop_word: str = "STOP") -> RunningService:
@@ -99,15 +99,18 @@ def start(kind: str, reactor=None, stop_word: str = "STOP") -> RunningService:
     word = stop_word.encode()
     if kind == "udp":
         own_ports: set[int] = set()
-        port = reactor.listenUDP(0, DatagramEcho(stats, own_ports, stop_word=word),
-                                 interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
+        served = ServedDatagrams(DatagramEcho(), stats, guard=DatagramGuard(stats, own_ports))
+        port = reactor.listenUDP(0, served, interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
         own_ports.add(port.getHost().port)
         return RunningService("udp", "127.0.0.1", port.getHost().port, None, stats,
                               lambda: defer.maybeDeferred(port.stopListening))
-    factory_class = {"tcp": EchoFactory, "unix": EchoFactory, "random": RandomNumberFactory}
-    if kind not in factory_class:
+    if kind not in ("tcp", "unix", "random"):
         raise ValueError(f"unknown service {kind!r} (tcp, udp, unix, random)")
-    factory, drop_all = _tracking(factory_class[kind](stats, stop_word=word))
+    if kind == "random":
+        factory = Served(RandomNumberFactory(), stats, "random", stop_word=word)
+    else:
+        factory = Served(EchoFactory(), stats, "echo", stop_word=word)
+    drop_all = track_connections(factory)
     if kind == "unix":
         directory = tempfile.mkdtemp(prefix="netecho-")
         path = os.path.join(directory, "echo.sock")

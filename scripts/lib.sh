@@ -1,6 +1,6 @@
 # Shared by scripts/run and scripts/test: find Python >= 3.10, make the
 # virtualenv, install netecho into it (a normal install, not editable: see
-# TRAPS.md) and regenerate Twisted's plugin cache.
+# pip install -e of a flat layout hides the twistd plugin) and regenerate Twisted's plugin cache.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,7 +1,9 @@
-from twisted.internet import address
+from twisted.internet import address, error
 from twisted.trial.unittest import SynchronousTestCase
 
-from netecho.datagram import DatagramEcho, is_group_address
+from netecho.datagram import DatagramGuard, is_group_address
+from netecho.echo import DatagramEcho
+from netecho.policies import ServedDatagrams
 from netecho.stats import Stats
 
 
@@ -14,25 +16,30 @@ class FakeUDPTransport:
     def getHost(self):
         return self.host
 
-    @property
-    def socket(self):
-        return self  # the protocol replies with socket.sendto()
-
-    def sendto(self, data, addr):
+    def write(self, data, addr):
         if self.fail:
             raise self.fail
         self.sent.append((data, addr))
 
 
-def make(own_ports=(), **kw):
+def make(own_ports=(), fail=None, rate=None, global_rate=None, **kw):
+    """DatagramEcho served as the daemon serves it, on a fake port."""
     stats = Stats()
-    proto = DatagramEcho(stats, set(own_ports), **kw)
-    transport = FakeUDPTransport(fail=kw.pop("fail", None))
+    guard = DatagramGuard(stats, set(own_ports), rate=rate, global_rate=global_rate)
+    proto = ServedDatagrams(DatagramEcho(), stats, guard=guard, **kw)
+    transport = FakeUDPTransport(fail=fail)
     proto.makeConnection(transport)
     return proto, transport, stats
 
 
 class DatagramEchoTests(SynchronousTestCase):
+    def test_protocol_alone(self):
+        proto = DatagramEcho()
+        transport = FakeUDPTransport()
+        proto.makeConnection(transport)
+        proto.datagramReceived(b"\x00abc", ("192.0.2.1", 7))
+        self.assertEqual(transport.sent, [(b"\x00abc", ("192.0.2.1", 7))])
+
     def test_echo_whole(self):
         proto, transport, stats = make()
         data = b"\x00" * 65507
@@ -67,21 +74,26 @@ class DatagramEchoTests(SynchronousTestCase):
         self.assertEqual(stats.dropped, {"udp_own_address": 1})
 
     def test_send_error_counted_not_raised(self):
-        stats = Stats()
-        proto = DatagramEcho(stats, set())
-        proto.makeConnection(FakeUDPTransport(fail=OSError(11, "Resource temporarily unavailable")))
-        proto.datagramReceived(b"x", ("127.0.0.1", 40000))
-        self.assertEqual(stats.dropped, {"udp_send_error": 1})
-        self.assertEqual(stats.datagrams_echoed, 0)
+        for fail in (OSError(11, "Resource temporarily unavailable"), error.MessageLengthError("too long")):
+            proto, transport, stats = make(fail=fail)
+            proto.datagramReceived(b"x", ("127.0.0.1", 40000))
+            self.assertEqual(stats.dropped, {"udp_send_error": 1})
+            self.assertEqual(stats.datagrams_echoed, 0)
 
     def test_stop_word(self):
         stops = []
-        proto, transport, stats = make(on_stop_word=lambda: stops.append(1))
+        proto, transport, stats = make(stop_word=b"STOP", on_stop_word=lambda: stops.append(1))
         proto.datagramReceived(b"STOPPED\n", ("127.0.0.1", 40000))
         self.assertEqual(stops, [])
         proto.datagramReceived(b" STOP\r\n", ("127.0.0.1", 40000))
         self.assertEqual(stops, [1])
         self.assertEqual(len(transport.sent), 2)
+
+    def test_stop_word_without_exit_on_stop(self):
+        """Without --exit-on-stop (no on_stop_word) the stop word is just echoed."""
+        proto, transport, stats = make(stop_word=b"STOP")
+        proto.datagramReceived(b"STOP", ("127.0.0.1", 40000))
+        self.assertEqual(transport.sent, [(b"STOP", ("127.0.0.1", 40000))])
 
     def test_is_group_address(self):
         for host in ("224.0.0.1", "239.255.255.255", "255.255.255.255", "ff05::2"):

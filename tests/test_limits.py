@@ -2,11 +2,8 @@ from twisted.internet import address, task
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from netecho.datagram import DatagramEcho
-from netecho import limits
-from netecho.limits import ConnectionLimits, IdleSweeper, PyRateWindow, source_prefix
-from netecho.stats import Stats
-from tests.test_datagram import FakeUDPTransport
+from netecho.limits import ConnectionLimits, IdleSweeper, RateWindow, source_prefix
+from tests.test_datagram import make
 
 
 def peer(host):
@@ -70,20 +67,12 @@ class IdleSweeperTests(SynchronousTestCase):
 
 
 class UDPRateTests(SynchronousTestCase):
-    """With the daemon's RateWindow (C where netecho._speedups is built)."""
-
-    Window = limits.RateWindow
-
     def test_per_network_and_global(self):
         clock = task.Clock()
-        stats = Stats()
-        proto = DatagramEcho(
-            stats, set(),
-            rate=self.Window(2, clock=clock.seconds),
-            global_rate=self.Window(3, size=1, clock=clock.seconds),
+        proto, transport, stats = make(
+            rate=RateWindow(2, clock=clock.seconds),
+            global_rate=RateWindow(3, size=1, clock=clock.seconds),
         )
-        transport = FakeUDPTransport()
-        proto.makeConnection(transport)
         for port in range(40000, 40004):  # one /24: two get through
             proto.datagramReceived(b"x", ("192.0.2.7", port))
         proto.datagramReceived(b"x", ("198.51.100.1", 40000))  # another network: third token
@@ -94,9 +83,16 @@ class UDPRateTests(SynchronousTestCase):
         proto.datagramReceived(b"x", ("192.0.2.8", 40000))
         self.assertEqual(len(transport.sent), 4)
 
+    def test_global_rate_alone(self):
+        clock = task.Clock()
+        proto, transport, stats = make(global_rate=RateWindow(1, size=1, clock=clock.seconds))
+        proto.datagramReceived(b"x", ("192.0.2.7", 40000))
+        proto.datagramReceived(b"x", ("198.51.100.7", 40000))
+        self.assertEqual(stats.dropped, {"udp_global_rate_limited": 1})
+
     def test_window_table_is_bounded(self):
         clock = task.Clock()
-        window = self.Window(2, size=3, clock=clock.seconds)
+        window = RateWindow(2, size=3, clock=clock.seconds)
         self.assertEqual([window.allow(k) for k in "abc"], [True] * 3)
         # Keys beyond the table share one count.
         self.assertEqual([window.allow(k) for k in "defg"], [True, True, False, False])
@@ -108,34 +104,3 @@ class UDPRateTests(SynchronousTestCase):
         self.assertEqual(source_prefix("192.0.2.77"), "192.0.2")
         self.assertEqual(source_prefix("::ffff:192.0.2.77"), "192.0.2")
         self.assertEqual(source_prefix("2001:db8:1:2ff:abcd::1"), "2001:db8:1:200::/56")
-
-
-class PythonUDPRateTests(UDPRateTests):
-    """The same with the pure-Python window."""
-
-    Window = PyRateWindow
-
-
-class WindowAgreementTests(SynchronousTestCase):
-    def test_windows_agree(self):
-        """The C window and the Python one give the same answers on a random run."""
-        import random
-
-        if limits.RateWindow is PyRateWindow:
-            from tests.peers import missing
-
-            missing("netecho._speedups is not built: no C window to compare")
-        rng = random.Random(7)
-        for limit, size in ((1, 1), (3, 4), (2.5, 2), (10, 50)):
-            now = [100.0]
-            c = limits.RateWindow(limit, size=size, clock=lambda: now[0])
-            py = PyRateWindow(limit, size=size, clock=lambda: now[0])
-            for _ in range(3000):
-                step = rng.random()
-                if step < 0.05:
-                    now[0] += rng.choice((0.3, 0.999, 1.0, 2.5))
-                key = rng.choice(("a", "b", "c", None, ("192.0.2", 1), "e"))
-                given = now[0] if rng.random() < 0.5 else None
-                self.assertEqual(c.allow(key, given), py.allow(key, given), (limit, size, key))
-            self.assertEqual(len(c._counts), len(py._counts))
-        self.assertEqual((c.limit, c.size), (10, 50))

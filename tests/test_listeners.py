@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netecho import listeners
 from netecho.daemon import NetechoService
-from netecho.datagram import DatagramEcho
+from netecho.echo import DatagramEcho
 from netecho.echo import EchoFactory
 from netecho.listeners import (
     DatagramListenerService,
@@ -50,14 +50,14 @@ class RealListenerTests(TestCase):
     @defer.inlineCallbacks
     def test_start_and_stop(self):
         path = os.path.join(tempfile.mkdtemp(), "s")
-        echo = EchoFactory(self.stats)
+        echo = EchoFactory()
         tcp = self.add(StreamListenerService(
             reactor, stream_listener("tcp", "tcp:0:interface=127.0.0.1"), echo, self.own_ports))
         self.add(StreamListenerService(reactor, unix_listener(path, 0o600), echo, self.own_ports))
         udp = self.add(DatagramListenerService(
-            reactor, udp_listener("127.0.0.1:0"), DatagramEcho(self.stats, self.own_ports), self.own_ports))
+            reactor, udp_listener("127.0.0.1:0"), DatagramEcho(), self.own_ports))
         self.top.privilegedStartService()
-        tcp_port = tcp._waitingForPort.result  # TCP listens synchronously
+        tcp_port = tcp.port  # TCP listens synchronously
         self.assertEqual(
             self.own_ports, {tcp_port.getHost().port, udp.port.getHost().port}
         )
@@ -72,7 +72,7 @@ class RealListenerTests(TestCase):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         value = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
-        service = StreamListenerService(reactor, stream_listener("tcp", value), EchoFactory(self.stats), set())
+        service = StreamListenerService(reactor, stream_listener("tcp", value), EchoFactory(), set())
         e = self.assertRaises(ListenerError, service.privilegedStartService)
         self.assertEqual(str(e), f"cannot listen on --tcp {value}: address already in use")
 
@@ -81,13 +81,13 @@ class RealListenerTests(TestCase):
         self.addCleanup(busy.close)
         busy.bind(("127.0.0.1", 0))
         value = f"127.0.0.1:{busy.getsockname()[1]}"
-        service = DatagramListenerService(reactor, udp_listener(value), DatagramEcho(self.stats, set()), set())
+        service = DatagramListenerService(reactor, udp_listener(value), DatagramEcho(), set())
         e = self.assertRaises(ListenerError, service.privilegedStartService)
         self.assertEqual(str(e), f"cannot listen on --udp {value}: address already in use")
 
     def test_systemd_name_missing(self):
         service = DatagramListenerService(
-            reactor, udp_listener("systemd:nope"), DatagramEcho(self.stats, set()), set())
+            reactor, udp_listener("systemd:nope"), DatagramEcho(), set())
         e = self.assertRaises(ListenerError, service.privilegedStartService)
         self.assertIn("no inherited socket named 'nope'", str(e))
 
@@ -99,7 +99,7 @@ class RealListenerTests(TestCase):
         busy.listen(1)
         self.patch(os, "write", lambda fd, data: len(data))  # keep the test's stderr clean
         value = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
-        self.add(StreamListenerService(reactor, stream_listener("tcp", value), EchoFactory(self.stats), set()))
+        self.add(StreamListenerService(reactor, stream_listener("tcp", value), EchoFactory(), set()))
         e = self.assertRaises(SystemExit, self.top.privilegedStartService)
         self.assertEqual(e.code, 1)
 

@@ -6,9 +6,9 @@ from netecho.metrics import StatsCollector
 from netecho.stats import Stats
 
 
-def samples(stats, sweeper=None):
+def samples(stats):
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats, sweeper))
+    registry.register(StatsCollector(stats))
     text = generate_latest(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -17,27 +17,20 @@ def samples(stats, sweeper=None):
     }
 
 
-class Live:
-    label = "tcp"
-    sent = 7
-
-
-class FakeSweeper:
-    sessions = {Live(): None}
-
-
 class MetricsTests(SynchronousTestCase):
     def test_families(self):
         stats = Stats()
         stats.opened = {"tcp": 3, "pb": 1}
         stats.active = {"tcp": 1, "pb": 0}
-        stats.closed_bytes = {"tcp": 100, "random": 50}
-        stats.bytes_echoed = 100 + 7 + 30  # stream (closed + live) + UDP
-        stats.datagrams_echoed = 2
+        stats.sent("tcp", 100)
+        stats.sent("tcp", 7)
+        stats.sent("random", 50)
+        stats.datagram_sent(10, ("192.0.2.1", 5000))
+        stats.datagram_sent(20, ("192.0.2.1", 5000))
         stats.dropped = {"udp_privileged_source_port": 4, "max_per_ip": 1}
         stats.rpc_outcomes = {("add", "ok"): 2, ("quit", "error"): 1}
         stats.lookups = {"ok": 5}
-        got = samples(stats, FakeSweeper())
+        got = samples(stats)
         expected = {
             ("netecho_connections_total", (("service", "tcp"),)): 3,
             ("netecho_connections_total", (("service", "pb"),)): 1,

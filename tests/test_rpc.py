@@ -105,8 +105,8 @@ class PBServiceTests(TestCase):
         build = self.factory.buildProtocol
 
         def tracking(addr):
-            p = build(addr)
-            self.server_protos.append(p)
+            p = build(addr)  # the shared policy (netecho.policies.Session) around the broker
+            self.server_protos.append(p.wrappedProtocol)
             return p
 
         self.factory.buildProtocol = tracking
@@ -117,7 +117,7 @@ class PBServiceTests(TestCase):
     def _close_servers(self):
         waits = []
         for p in self.server_protos:
-            if p.transport.connected:
+            if not p.disconnected:
                 d = defer.Deferred()
                 p.notifyOnDisconnect(lambda d=d: d.callback(None))
                 p.transport.abortConnection()

@@ -8,11 +8,15 @@ class StatsTests(SynchronousTestCase):
     def test_summary_line(self):
         now = [100.0]
         s = Stats(clock=lambda: now[0])
-        s.tcp, s.unix, s.pb = 9, 3, 2
-        for port in range(4):
-            s.udp_peer(("127.0.0.1", 5000 + port))
-        s.udp_peer(("127.0.0.1", 5000))
-        s.bytes_echoed, s.datagrams_echoed, s.rpc_calls = 40960, 17, 5
+        for kind, count in (("tcp", 9), ("unix", 3), ("pb", 2)):
+            for _ in range(count):
+                s.connection_opened("random" if kind == "tcp" else kind, kind)
+        for i in range(17):
+            s.datagram_sent(1000, ("127.0.0.1", 5000 + i % 4))
+        s.sent("tcp", 40960 - 17000)
+        s.sent("random", 99)  # not an echo
+        for _ in range(5):
+            s.rpc_call("add")
         now[0] += 311.7
         self.assertEqual(
             s.summary(),
@@ -24,7 +28,7 @@ class StatsTests(SynchronousTestCase):
         self.patch(stats_module, "MAX_TRACKED_UDP_PEERS", 10)
         s = Stats()
         for port in range(100):
-            s.udp_peer(("::1", port))
+            s.datagram_sent(1, ("::1", port))
         self.assertEqual(s.udp_peers, 10)
 
     def test_drops(self):
@@ -33,3 +37,11 @@ class StatsTests(SynchronousTestCase):
         s.drop("a")
         s.drop("b")
         self.assertEqual(s.dropped, {"a": 2, "b": 1})
+
+    def test_connections_by_label(self):
+        s = Stats()
+        s.connection_opened("tcp", "tcp")
+        s.connection_opened("pb", "pb")
+        s.connection_closed("tcp")
+        self.assertEqual((s.opened, s.active), ({"tcp": 1, "pb": 1}, {"tcp": 0, "pb": 1}))
+        self.assertEqual((s.clients_served, s.pb), (1, 1))

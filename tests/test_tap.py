@@ -1,6 +1,5 @@
 import signal
 
-from twisted.application import internet
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
@@ -10,6 +9,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from netecho.address import ipv6_available
 from netecho.limits import IdleSweeper
 from netecho.listeners import DatagramListenerService, Listener, StreamListenerService
+from netecho.datagram import DatagramGuard
+from netecho.echo import DatagramEcho, EchoFactory
+from netecho.policies import Served, ServedDatagrams
+from netecho.randomnum import RandomNumberFactory
 from netecho.tap import Options, makeService
 
 BARE = "tcp6:{}:interface=\\:\\:" if ipv6_available() else "tcp:{}"
@@ -149,8 +152,18 @@ class MakeServiceTests(SynchronousTestCase):
         )
         tcp, udp, unix, rnd, pb = children
         self.assertEqual(pb.endpoint._interface, "127.0.0.1")
-        self.assertIsInstance(pb.factory, PBServerFactory)
-        self.assertIsInstance(tcp, internet.StreamServerEndpointService)
+        # Every stream service inside the same policies (netecho.policies).
+        self.assertIsInstance(pb.factory, Served)
+        self.assertIsInstance(pb.factory.wrappedFactory, PBServerFactory)
+        self.assertEqual(pb.factory.service, "pb")
+        self.assertIs(tcp.factory, unix.factory)
+        self.assertIsInstance(tcp.factory.wrappedFactory, EchoFactory)
+        self.assertIsInstance(rnd.factory.wrappedFactory, RandomNumberFactory)
+        self.assertIs(pb.factory.guard, tcp.factory.guard)
+        self.assertIs(rnd.factory.guard, tcp.factory.guard)
+        self.assertIsInstance(udp.protocol, ServedDatagrams)
+        self.assertIsInstance(udp.protocol.wrapped, DatagramEcho)
+        self.assertIsInstance(udp.protocol.guard, DatagramGuard)
         self.assertIsInstance(unix.endpoint, endpoints.UNIXServerEndpoint)
         self.assertEqual(unix.endpoint._mode, 0o660)
         self.assertEqual(tcp.factory.service, "echo")

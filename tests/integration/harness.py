@@ -30,6 +30,10 @@ def twistd_command() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Daemon:
     """
     Runs the installed netecho under twistd, from a directory outside the
@@ -60,6 +64,10 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # A shell that ran the suite in the background (cmd &) made
+            # SIGINT ignored, and Twisted installs no handler for an ignored
+            # SIGINT: give the daemon the default a terminal would.
+            preexec_fn=_default_sigint,
             text=True,
             errors="backslashreplace",
         )

@@ -1,6 +1,7 @@
 """
 The wheel and the sdist, each installed into a fresh virtualenv and run from
-/, give a working ``twistd netecho`` and ``netecho`` (TRAPS.md: packaging).
+/, give a working ``twistd netecho`` and ``netecho`` (twisted/plugins
+without __init__.py, the plugin cache).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class PackagingTests(TestCase):
         env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false", PIP_NO_CACHE_DIR="1")
         run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(self.artifact(".tar.gz"))],
             env=env)
-        out = run([python, "-c", "import netecho.echo as e, netecho.datagram as d, netecho.stopword as s; "
-                   "print(e.echo_stream, d.recv_datagrams, s.c_feed, s.StopWordScanner(b'STOP').feed(b'a\\n STOP\\n'))"])
-        self.assertEqual(out.split(), ["None", "None", "None", "8"])
+        out = run([python, "-c", "import netecho.transports as t, netecho.stopword as s; "
+                   "print(t.recv_datagrams, s.c_feed, s.StopWordScanner(b'STOP').feed(b'a\\n STOP\\n'))"])
+        self.assertEqual(out.split(), ["None", "None", "8"])
         self.assertRegex(run([str(venv / "bin" / "twistd"), "--help"]), r"\n\s+netecho\s+TCP, UDP")

@@ -1,4 +1,5 @@
-"""netecho.pytest_plugin in a pytest process of its own (see STYLE.md on mixing runners)."""
+"""netecho.pytest_plugin in a pytest process of its own (pytest-twisted issue 93: an asynchronous trial TestCase
+fails with a dirty reactor once a pytest-twisted test has run in the same process)."""
 
 import os
 import subprocess

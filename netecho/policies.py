@@ -1,0 +1,278 @@
+"""
+What every netecho service shares, wrapped around its protocol from
+outside, once: counting, connection caps and idle tracking (through
+L{netecho.limits.Guard}), the stop word, C{--log-data} and the
+per-connection log line. The protocols (L{netecho.echo},
+L{netecho.randomnum}, PB's broker) only say what they do with bytes.
+
+L{Served} wraps a stream factory (echo, random, PB) and L{Session} each of
+its protocols, as Twisted's L{policies.WrappingFactory} and
+L{policies.ProtocolWrapper} do, and is the wrapped protocol's transport, so
+it sees every byte both ways. L{ServedDatagrams} does the same for a
+datagram protocol, with the UDP guards of L{netecho.datagram}.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from twisted.internet import error, interfaces, protocol
+from twisted.logger import Logger
+from twisted.protocols import policies
+from zope.interface import alsoProvides, directlyProvides, providedBy
+
+from netecho.address import describe, join_host_port, unmap
+from netecho.limits import Guard
+from netecho.stats import Stats
+from netecho.stopword import StopWordScanner, is_stop_datagram
+from netecho.throttle import ThrottledLog
+
+log = Logger()
+
+#: How many bytes of a payload a ``--log-data`` line shows.
+LOG_DATA_LIMIT = 200
+
+
+def escape(data: bytes, limit: int = LOG_DATA_LIMIT) -> str:
+    """Printable, escaped, truncated form of a payload for the log."""
+    shown = repr(data[:limit])[2:-1]
+    if len(data) > limit:
+        shown += f"... (+{len(data) - limit} bytes)"
+    return shown
+
+
+class Session(policies.ProtocolWrapper):
+    """
+    One stream connection of a L{Served} factory: counts what goes each
+    way, tracks the connection for the caps and the idle sweep, closes it
+    after the stop word, logs its payloads (C{--log-data}) and, when it
+    closes, one line with its peer, duration and byte counts.
+
+    @ivar received: bytes received so far (the idle sweep watches it).
+    @ivar sent: bytes sent so far.
+    """
+
+    factory: "Served"
+    received = 0
+    sent = 0
+    kind = "tcp"
+    _closing = False
+    _stopped_by_word = False
+    #: What the connection caps admitted this connection with.
+    limit_key = None
+
+    def makeConnection(self, transport) -> None:
+        factory = self.factory
+        self.kind = "unix" if interfaces.IUNIXTransport.providedBy(transport) else "tcp"
+        #: The label of this connection in the counters: tcp or unix for
+        #: the echo, else the service (random, pb).
+        self.label = self.kind if factory.service == "echo" else factory.service
+        self._stats = factory.stats
+        self._started = factory.clock()
+        self._scanner = StopWordScanner(factory.stop_word) if factory.stop_word else None
+        self._log_data = factory.log_data
+        self._stats.connection_opened(self.label, "pb" if factory.service == "pb" else self.kind)
+        if factory.guard is not None:
+            factory.guard.opened(self)
+        # ProtocolWrapper.makeConnection: provide what the transport does,
+        # then connect the wrapped protocol to this wrapper.
+        directlyProvides(self, providedBy(transport))
+        if interfaces.IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            # Twisted's ProtocolWrapper does not: a wrapped echo would lose
+            # the tail of a half-closed client's stream.
+            alsoProvides(self, interfaces.IHalfCloseableProtocol)
+        protocol.Protocol.makeConnection(self, transport)
+        factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
+
+    # What the client sends.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.received += len(data)
+        if self._log_data:
+            log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
+        scanner = self._scanner
+        if scanner is not None:
+            end = scanner.feed(data)
+            if end >= 0:
+                # The stop line is answered like any other, then the close.
+                self._stopped_by_word = True
+                self._closing = True
+                self.wrappedProtocol.dataReceived(data[:end])
+                self.transport.unregisterProducer()
+                self.loseConnection()
+                return
+        self.wrappedProtocol.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._closing = True
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
+
+    # What the service sends back.
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        self.sent += n
+        self._stats.sent(self.label, n)
+        self.transport.write(data)
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    # The wrapped protocol registers this wrapper as its transport's producer.
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    @property
+    def peer(self) -> str:
+        # Asked when needed, not at connect: behind the PROXY protocol the
+        # client's real address is known only once the header has arrived.
+        return describe(self.transport.getPeer())
+
+    def connectionLost(self, reason=None) -> None:
+        factory = self.factory
+        if factory.guard is not None:
+            factory.guard.closed(self)
+        self._stats.connection_closed(self.label)
+        log.info(
+            "{service} {kind} {peer} closed after {duration:.3f}s: "
+            "{received} bytes in, {sent} bytes out{why}",
+            service=factory.service,
+            kind=self.kind,
+            peer=self.peer,
+            duration=factory.clock() - self._started,
+            received=self.received,
+            sent=self.sent,
+            why=" (stop word)" if self._stopped_by_word else "",
+        )
+        super().connectionLost(reason)
+        if self._stopped_by_word and factory.on_stop_word is not None:
+            factory.on_stop_word()
+
+
+class Served(policies.WrappingFactory):
+    """
+    Wraps the factory of a stream service (C{service}: C{echo}, C{random}
+    or C{pb}) in L{Session}s: a connection the caps refuse is closed at
+    once (Twisted closes it when buildProtocol returns None).
+
+    @ivar stop_word: a line equal to it (trimmed) is answered, then that
+        client is disconnected; empty: none.
+    @ivar on_stop_word: called after a client that said the stop word has gone.
+    """
+
+    protocol = Session
+    noisy = False
+
+    def __init__(
+        self,
+        wrapped: protocol.Factory,
+        stats: Stats,
+        service: str = "echo",
+        *,
+        guard: Guard | None = None,
+        stop_word: bytes = b"",
+        on_stop_word: Callable[[], None] | None = None,
+        log_data: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(wrapped)
+        self.stats = stats
+        self.service = service
+        self.guard = guard
+        self.stop_word = stop_word
+        self.on_stop_word = on_stop_word
+        self.log_data = log_data
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        key = None
+        if self.guard is not None:
+            accepted, key = self.guard.admit(addr)
+            if not accepted:
+                return None
+        session = super().buildProtocol(addr)
+        session.limit_key = key
+        return session
+
+
+class ServedDatagrams(protocol.DatagramProtocol):
+    """
+    Wraps a datagram protocol: datagrams the guard refuses never reach it;
+    what it writes is counted (a failed send is counted and logged, one
+    datagram lost, never the service); the stop word and C{--log-data}
+    as for streams. It is the wrapped protocol's transport.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        wrapped: protocol.DatagramProtocol,
+        stats: Stats,
+        *,
+        guard=None,
+        stop_word: bytes = b"",
+        on_stop_word: Callable[[], None] | None = None,
+        log_data: bool = False,
+    ) -> None:
+        self.wrapped = wrapped
+        self.stats = stats
+        self.guard = guard
+        self.stop_word = stop_word if on_stop_word is not None else b""
+        self.on_stop_word = on_stop_word
+        self.log_data = log_data
+        self.throttled = ThrottledLog(log)
+
+    def startProtocol(self) -> None:
+        if self.guard is not None:
+            self.guard.bound(self.transport.getHost())
+        self.wrapped.makeConnection(self)
+
+    def stopProtocol(self) -> None:
+        self.wrapped.doStop()
+
+    def datagramReceived(self, data: bytes, addr: tuple) -> None:
+        guard = self.guard
+        if guard is not None and not guard.admit(addr):
+            return
+        if self.log_data:
+            log.info("{peer} -> {data}", peer=join_host_port(unmap(addr[0]), addr[1]), data=escape(data))
+        self.wrapped.datagramReceived(data, addr)
+        if self.stop_word and is_stop_datagram(data, self.stop_word):
+            self.on_stop_word()
+
+    def write(self, data: bytes, addr: tuple) -> None:
+        try:
+            self.transport.write(data, addr)
+        except (OSError, error.MessageLengthError) as e:
+            # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
+            self.stats.drop("udp_send_error")
+            self.throttled.warn(
+                "udp_send_error",
+                "udp: reply to {peer} failed: {error}",
+                peer=join_host_port(unmap(addr[0]), addr[1]),
+                error=(getattr(e, "strerror", None) or str(e)).lower(),
+            )
+            return
+        self.stats.datagram_sent(len(data), addr)
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    def __getattr__(self, name: str):
+        # The rest of the transport's interface (as ProtocolWrapper does).
+        return getattr(self.transport, name)

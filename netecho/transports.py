@@ -1,0 +1,247 @@
+"""
+Where netecho's speed lives: transports and ports that serve any Twisted
+protocol (echo, random, PB, TLS and PROXY wrappers alike) with fewer
+system calls and less Python per message. netecho's reactor
+(L{netecho.reactor}) listens with them; on any other reactor Twisted's own
+are used and everything behaves the same, only slower.
+
+ - Stream writes go straight to the socket when nothing is buffered.
+   Twisted's C{write()} holds every byte until the next reactor iteration
+   (Twisted issue 5303): one more epoll round, two epoll_ctl() calls and
+   the latency of a whole iteration per reply.
+ - TCP connections have Nagle's algorithm off (as Go's do): an echo's
+   replies are the application's own message boundaries.
+ - Unix connections whose protocol does not take file descriptors read
+   with C{recv()} instead of C{recvmsg()}, which costs more; the kernel
+   discards descriptors sent to a reader that does not ask for them.
+ - UDP ports read a batch of datagrams per C{recvmmsg()} (with
+   netecho._speedups; otherwise one C{recvfrom()} a datagram, whole up to
+   64 KiB), IPv4, IPv6 and dual-stack alike, and write without
+   re-validating an address that came from the kernel.
+
+This is the one module (with L{netecho.reactor}) that uses Twisted's
+private API; each use says why. setup.cfg bounds Twisted to the releases
+the tests pass on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, EWOULDBLOCK
+from functools import lru_cache
+
+from twisted.internet import abstract, defer, endpoints, error, fdesc, interfaces, tcp, udp, unix
+from twisted.logger import Logger
+
+try:
+    # recvmmsg() in C (netecho/_speedups.c), where it could be built.
+    from netecho._speedups import recv_datagrams
+except ImportError:  # pragma: no cover - depends on the build
+    recv_datagrams = None
+
+log = Logger()
+
+#: Datagrams read per recvmmsg() call (netecho._speedups reads at most 16).
+BATCH = 16
+
+#: Read errors that end a UDP read turn without closing the port: nothing
+#: left, interrupted, or an ICMP "port unreachable" from an earlier reply.
+_READ_IGNORED = frozenset((EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED))
+
+
+class _EagerWrites:
+    """
+    For L{tcp.Connection} subclasses: C{write()} tries C{send()} first when
+    nothing is waiting to be written, and buffers only what the kernel did
+    not take, through Twisted's own C{write()} (so ordering, flow control,
+    producers and error reporting stay Twisted's).
+    """
+
+    def write(self, data: bytes) -> None:
+        # Private: dataBuffer/_tempDataLen are FileDescriptor's write
+        # buffer, _writeDisconnected its half-close state (abstract.py);
+        # nothing else says whether bytes are waiting.
+        if (
+            self._tempDataLen
+            or self.dataBuffer
+            or not self.connected
+            or self._writeDisconnected
+            or type(data) is not bytes
+        ):
+            return super().write(data)
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error Twisted's write path will meet and report
+        if sent < len(data):
+            super().write(data[sent:])
+
+
+class TCPServer(_EagerWrites, tcp.Server):
+    """A TCP server connection with eager writes and TCP_NODELAY."""
+
+    def __init__(self, sock, protocol, client, server, sessionno, reactor) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(sock, protocol, client, server, sessionno, reactor)
+
+
+class UNIXServer(_EagerWrites, unix.Server):
+    """A Unix server connection with eager writes, reading with recv()."""
+
+    doRead = tcp.Connection.doRead
+
+
+class UNIXDescriptorServer(_EagerWrites, unix.Server):
+    """A Unix server connection with eager writes, for protocols that take descriptors."""
+
+
+def _unix_server(sock, protocol, client, server, sessionno, reactor):
+    kind = UNIXDescriptorServer if interfaces.IFileDescriptorReceiver.providedBy(protocol) else UNIXServer
+    return kind(sock, protocol, client, server, sessionno, reactor)
+
+
+class TCPPort(tcp.Port):
+    """A TCP listening port whose connections are L{TCPServer}s."""
+
+    transport = TCPServer
+
+
+class UNIXPort(unix.Port):
+    """A Unix listening port whose connections are L{UNIXServer}s."""
+
+    transport = staticmethod(_unix_server)
+
+
+@lru_cache(maxsize=1024)
+def _address_family(host: str) -> int | None:
+    """The family of an IP address literal; None for anything else (a host name)."""
+    if abstract.isIPAddress(host):
+        return socket.AF_INET
+    if abstract.isIPv6Address(host):
+        return socket.AF_INET6
+    return None
+
+
+class DatagramPort(udp.Port):
+    """
+    A UDP port that reads in batches and writes with fewer checks; what the
+    protocol sees (C{datagramReceived(data, (host, port))}, C{write()} and
+    its errors) is Twisted's.
+    """
+
+    def _connectToProtocol(self) -> None:
+        self._batched = recv_datagrams is not None and self.addressFamily in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        )
+        super()._connectToProtocol()
+
+    def doRead(self) -> None:
+        if self._connectedAddr:  # (private: udp.Port's connected mode)
+            return super().doRead()
+        received = self.protocol.datagramReceived
+        budget = self.maxThroughput
+        fd = self.socket.fileno()
+        recvfrom = self.socket.recvfrom
+        size = self.maxPacketSize
+        while budget > 0:
+            try:
+                if self._batched:
+                    batch = recv_datagrams(fd, BATCH)
+                else:
+                    data, addr = recvfrom(size)
+                    batch = ((data, addr[:2]),)
+            except OSError as e:
+                if e.errno in _READ_IGNORED:
+                    return
+                raise
+            for data, addr in batch:
+                budget -= len(data) or 1
+                try:
+                    received(data, addr)
+                except Exception:
+                    log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
+            if len(batch) < BATCH and self._batched:
+                return
+
+    def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
+        if self._connectedAddr or addr is None:
+            return super().write(datagram, addr)
+        family = _address_family(addr[0])
+        if family is None or (family == socket.AF_INET and self.addressFamily == socket.AF_INET6) or (
+            family == socket.AF_INET6 and self.addressFamily == socket.AF_INET
+        ):
+            return super().write(datagram, addr)  # which raises what Twisted raises
+        try:
+            self.socket.sendto(datagram, addr)
+        except OSError as e:
+            if e.errno == EINTR:
+                return self.write(datagram, addr)
+            if e.errno == EMSGSIZE:
+                raise error.MessageLengthError("message too long") from None
+            if e.errno == ECONNREFUSED:
+                return
+            raise
+
+
+class InheritedUNIXPort(UNIXPort):
+    """
+    A Unix listening socket inherited from systemd. Its file belongs to
+    systemd (which set its owner and mode and removes it itself): unlike
+    Twisted's adopted port, never chmod it (a DynamicUser daemon may not)
+    and never unlink it on stop (the next activation needs it).
+    """
+
+    def startListening(self) -> None:
+        # What unix.Port.startListening does for an adopted socket, minus
+        # its chmod; _preexistingSocket is where _fromListeningDescriptor
+        # put the socket.
+        self.factory.doStart()
+        skt, self._preexistingSocket = self._preexistingSocket, None
+        self.connected = True
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason) -> None:
+        tcp.Port.connectionLost(self, reason)  # unix.Port's would unlink the file
+
+
+class InheritedUNIXEndpoint:
+    """Listens on an inherited Unix socket through L{InheritedUNIXPort}."""
+
+    def __init__(self, reactor, fileno: int) -> None:
+        self.reactor = reactor
+        self.fileno = fileno
+
+    def listen(self, factory):
+        try:
+            fdesc.setNonBlocking(self.fileno)
+            port = InheritedUNIXPort._fromListeningDescriptor(self.reactor, self.fileno, factory)
+            port.startListening()
+            os.close(self.fileno)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+def unix_socket_path(endpoint) -> str | None:
+    """
+    The path of a C{unix:} server endpoint that takes a lock file (which a
+    stale socket left by a dead server may be reclaimed for), else None.
+    """
+    # Private: the endpoint keeps what its description said only in
+    # _address and _wantPID.
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint) and endpoint._wantPID:
+        return endpoint._address
+    return None
+
+
+def inherited_sockets() -> dict[str, int]:
+    """The sockets systemd passed, by name (C{FileDescriptorName=}): name -> descriptor."""
+    # Private: importing twisted.internet.endpoints took LISTEN_FDS and
+    # LISTEN_FDNAMES out of the environment; its systemd parser keeps what
+    # it found, and nothing public reads it.
+    return endpoints._SystemdParser._sddaemon.inheritedNamedDescriptors()
