@@ -128,7 +128,12 @@ class Server:
                         self.addresses[option] = where[5:]
                     else:
                         host, _, port = where.rpartition(":")
-                        self.addresses[option] = (host.strip("[]"), int(port))
+                        host = host.strip("[]")
+                        # A bare --tcp/--udp PORT listens on every interface
+                        # (dual stack): the load goes to loopback.
+                        if host in ("::", "0.0.0.0"):
+                            host = "127.0.0.1"
+                        self.addresses[option] = (host, int(port))
                 if "netecho ready" in line:
                     self.ready.set()
             elif line.startswith("READY"):
@@ -203,9 +208,11 @@ def make_servers(names: list[str], tmp: str, cpu: int | None,
             # netecho runs on its own epoll reactor (netecho/reactor.py) unless
             # told otherwise; the second row is the same daemon on Twisted's.
             reactor = ["--reactor", "epoll"] if name == "netecho-twisted-reactor" else []
+            # The default listener forms, as users start it: a bare PORT is
+            # dual stack ([::], IPv4 peers too); the load comes from 127.0.0.1.
             command = [*twistd_command(), *reactor, "--nodaemon", "--pidfile=", "netecho",
-                       "--tcp", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0",
-                       "--unix", sock, "--pb", "tcp:0:interface=127.0.0.1", *NETECHO_LIMITS, *netecho_args]
+                       "--tcp", "0", "--udp", "0", "--unix", sock, "--pb", "0",
+                       *NETECHO_LIMITS, *netecho_args]
             servers.append(Server(name, command, tmp, cpu, netecho=True))
             continue
         listen = ["--tcp", "0", "--udp", "0", "--unix", sock]

@@ -4,9 +4,12 @@
  * the same answers (the tests compare them). Only pure functions and
  * protocol-agnostic I/O live here, never a rule of netecho's:
  *
- * - the stop-word scan (netecho/stopword.py): feed(), inner_stop_line();
+ * - the stop-word scan (netecho/stopword.py): Scanner, feed(),
+ *   inner_stop_line();
  * - recv_datagrams(): a batch of datagrams by one recvmmsg(), for the UDP
- *   port (netecho/transports.py), IPv4 and IPv6 alike.
+ *   port (netecho/transports.py), IPv4 and IPv6 alike;
+ * - poll_dispatch(): one wait of netecho's epoll reactor (netecho/reactor.py),
+ *   calling doRead() on what is readable without a Python loop.
  *
  * inner_stop_line(data, word, start, end) -> int
  *
@@ -153,6 +156,171 @@ static PyObject *feed(PyObject *self, PyObject *args) {
 }
 
 /*
+ * Scanner(word): netecho.stopword.StopWordScanner in C (the same state and
+ * results; tests/test_stopword.py runs both against a slow reference):
+ * feed(data) -> int, pending (None, or the unfinished line's text as far
+ * as it can still become the word). One C call a chunk, no tuple, no
+ * Python frame: the scan runs on every chunk of every stream.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *word;    /* bytes */
+    PyObject *pending; /* None or bytes */
+} Scanner;
+
+static PyObject *empty_bytes;
+
+/* Whether (p + line[0:llen]).strip() == word, p being a non-empty,
+ * non-blank-led pending text: no concatenation is made. */
+static int joined_is_word(const unsigned char *p, Py_ssize_t plen, const unsigned char *line, Py_ssize_t llen,
+                          const unsigned char *w, Py_ssize_t wlen) {
+    while (llen > 0 && blank(line[llen - 1])) llen--;
+    if (llen == 0) {
+        while (plen > 0 && blank(p[plen - 1])) plen--;
+        return plen == wlen && memcmp(p, w, (size_t)wlen) == 0;
+    }
+    return plen + llen == wlen && memcmp(p, w, (size_t)plen) == 0 &&
+           memcmp(line, w + plen, (size_t)llen) == 0;
+}
+
+/* stopword._candidate(p + data[0:n]) for such a p and data without a line
+ * feed: a new reference, or NULL (None; check PyErr_Occurred()). */
+static PyObject *joined_candidate(PyObject *pending, const unsigned char *data, Py_ssize_t n,
+                                  PyObject *word_obj, const unsigned char *w, Py_ssize_t wlen) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(pending);
+    Py_ssize_t plen = PyBytes_GET_SIZE(pending);
+    if (plen + n <= wlen && memcmp(p, w, (size_t)plen) == 0 && memcmp(data, w + plen, (size_t)n) == 0) {
+        PyObject *text = PyBytes_FromStringAndSize(NULL, plen + n);
+        if (text != NULL) {
+            memcpy(PyBytes_AS_STRING(text), p, (size_t)plen);
+            memcpy(PyBytes_AS_STRING(text) + plen, data, (size_t)n);
+        }
+        return text;
+    }
+    if (joined_is_word(p, plen, data, n, w, wlen)) {
+        Py_INCREF(word_obj);
+        return word_obj;
+    }
+    return NULL;
+}
+
+static int scanner_init(Scanner *self, PyObject *args, PyObject *kw) {
+    PyObject *word;
+    static char *names[] = {"word", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "S", names, &word))
+        return -1;
+    Py_ssize_t n = PyBytes_GET_SIZE(word);
+    const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word);
+    if (n == 0 || blank(w[0]) || blank(w[n - 1])) {
+        PyErr_SetString(PyExc_ValueError, "the stop word must be non-empty, without surrounding whitespace");
+        return -1;
+    }
+    if (memchr(w, '\n', (size_t)n) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the stop word must be one line");
+        return -1;
+    }
+    Py_INCREF(word);
+    Py_XSETREF(self->word, word);
+    Py_INCREF(empty_bytes);
+    Py_XSETREF(self->pending, empty_bytes);
+    return 0;
+}
+
+static PyObject *scanner_feed(Scanner *self, PyObject *arg) {
+    Py_buffer data;
+    if (self->word == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Scanner.__init__ was not called");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = data.buf;
+    Py_ssize_t n = data.len, end = -1, off = 0;
+    PyObject *word = self->word, *pending = self->pending, *new_pending = NULL;
+    const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word);
+    Py_ssize_t wlen = PyBytes_GET_SIZE(word);
+    int r;
+    if (pending != Py_None && PyBytes_GET_SIZE(pending) > 0) {
+        /* A piece of the word is pending: first the line it begins. */
+        const unsigned char *first = memchr(buf, '\n', (size_t)n);
+        if (first == NULL) {
+            new_pending = joined_candidate(pending, buf, n, word, w, wlen);
+            PyBuffer_Release(&data);
+            if (new_pending == NULL && PyErr_Occurred())
+                return NULL;
+            Py_XSETREF(self->pending, new_pending ? new_pending : Py_NewRef(Py_None));
+            return PyLong_FromLong(-1);
+        }
+        if (joined_is_word((const unsigned char *)PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending),
+                           buf, first - buf, w, wlen)) {
+            PyBuffer_Release(&data);
+            return PyLong_FromSsize_t(first - buf + 1);
+        }
+        off = first - buf + 1; /* the rest starts at a line start */
+        r = scan_chunk(buf + off, n - off, word, empty_bytes, &end, &new_pending);
+    } else {
+        r = scan_chunk(buf, n, word, pending, &end, &new_pending);
+    }
+    PyBuffer_Release(&data);
+    if (r < 0)
+        return NULL;
+    if (end >= 0) {
+        Py_XDECREF(new_pending); /* found: the pending text stays as it was */
+        return PyLong_FromSsize_t(end + off);
+    }
+    Py_XSETREF(self->pending, new_pending ? new_pending : Py_NewRef(Py_None));
+    return PyLong_FromLong(-1);
+}
+
+static void scanner_dealloc(Scanner *self) {
+    Py_XDECREF(self->word);
+    Py_XDECREF(self->pending);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *scanner_get_pending(Scanner *self, void *closure) {
+    return Py_NewRef(self->pending ? self->pending : Py_None);
+}
+
+static int scanner_set_pending(Scanner *self, PyObject *value, void *closure) {
+    if (value == NULL || (value != Py_None && !PyBytes_Check(value))) {
+        PyErr_SetString(PyExc_TypeError, "pending must be None or bytes");
+        return -1;
+    }
+    Py_XSETREF(self->pending, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *scanner_get_word(Scanner *self, void *closure) {
+    return Py_NewRef(self->word ? self->word : Py_None);
+}
+
+static PyMethodDef scanner_methods[] = {
+    {"feed", (PyCFunction)scanner_feed, METH_O,
+     "feed(data) -> index just past the LF ending the first stop line in data, or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef scanner_getset[] = {
+    {"pending", (getter)scanner_get_pending, (setter)scanner_set_pending, "the unfinished line's text, or None", NULL},
+    {"word", (getter)scanner_get_word, NULL, "the stop word", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netecho._speedups.Scanner",
+    .tp_basicsize = sizeof(Scanner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Scanner(word): netecho.stopword.StopWordScanner in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)scanner_init,
+    .tp_dealloc = (destructor)scanner_dealloc,
+    .tp_methods = scanner_methods,
+    .tp_getset = scanner_getset,
+};
+
+/*
  * recv_datagrams(fd, count) -> list of (data, (host, port)): up to count
  * (at most BATCH) datagrams waiting on the non-blocking IPv4 or IPv6
  * socket fd, read with one recvmmsg(); [] when none is waiting; OSError
@@ -251,7 +419,157 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
     return list;
 }
 
+/*
+ * poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost)
+ * -> list: one wait of
+ * netecho's epoll reactor (netecho/reactor.py). epoll_wait() (without the
+ * GIL), then for each event that is plain EPOLLIN, selectables[fd].doRead()
+ * is called here; what the reactor's Python code must still do comes back
+ * as (fd, events, outcome): events 0 with outcome the doRead() result to
+ * disconnect with, -1 with the exception it raised; any other event with
+ * outcome None, for Twisted's own dispatch. timeout: seconds (float, or
+ * None/negative to wait without end). Protocol-agnostic: any selectable.
+ *
+ * For a selectable whose type is one of `direct` (netecho's stream
+ * transports, whose doRead() is exactly this), the read itself is done here:
+ * recv() of up to 64 KiB into a new bytes object, then
+ * selectable.protocol.dataReceived(data); end of file and errors come back
+ * as `done` and `lost` (Twisted's CONNECTION_DONE and CONNECTION_LOST).
+ */
+#include <sys/epoll.h>
+#include <math.h>
+
+static PyObject *str_doRead, *str_protocol, *str_dataReceived;
+
+/* What netecho.transports._EagerWrites.doRead does, for a selectable of a
+ * `direct` type: a new reference to the outcome (Py_None, done or lost), or
+ * NULL with an exception set (dataReceived raised). */
+static PyObject *direct_read(PyObject *selectable, int fd, PyObject *done, PyObject *lost) {
+    PyObject *data = PyBytes_FromStringAndSize(NULL, 65536);
+    if (data == NULL)
+        return NULL;
+    ssize_t n = recv(fd, PyBytes_AS_STRING(data), 65536, 0);
+    if (n <= 0) {
+        Py_DECREF(data);
+        if (n == 0)
+            return Py_NewRef(done);
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return Py_NewRef(Py_None);
+        return Py_NewRef(lost);
+    }
+    if (n < 65536 && _PyBytes_Resize(&data, n) < 0)
+        return NULL;
+    PyObject *protocol = PyObject_GetAttr(selectable, str_protocol);
+    if (protocol == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(protocol, str_dataReceived, data);
+    Py_DECREF(protocol);
+    Py_DECREF(data);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *poll_dispatch(PyObject *self, PyObject *args) {
+    int epfd, maxevents;
+    PyObject *timeout_obj, *selectables, *direct, *done, *lost;
+    if (!PyArg_ParseTuple(args, "iiOO!O!OO", &epfd, &maxevents, &timeout_obj, &PyDict_Type, &selectables,
+                          &PyTuple_Type, &direct, &done, &lost))
+        return NULL;
+    int ms = -1;
+    if (timeout_obj != Py_None) {
+        double t = PyFloat_AsDouble(timeout_obj);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (t >= 0)
+            ms = t * 1000.0 > (double)INT_MAX ? INT_MAX : (int)ceil(t * 1000.0);
+    }
+    if (maxevents < 1) maxevents = 1;
+    if (maxevents > 1024) maxevents = 1024;
+    struct epoll_event events[1024];
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = epoll_wait(epfd, events, maxevents, ms);
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        if (errno == EINTR)
+            return PyErr_CheckSignals() < 0 ? NULL : PyList_New(0);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *later = PyList_New(0);
+    if (later == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        int fd = events[i].data.fd;
+        uint32_t ev = events[i].events;
+        PyObject *key = PyLong_FromLong(fd), *item = NULL;
+        if (key == NULL)
+            goto fail;
+        if (ev != EPOLLIN) {
+            item = Py_BuildValue("(iiO)", fd, (int)ev, Py_None);
+        } else {
+            PyObject *selectable = PyDict_GetItemWithError(selectables, key); /* borrowed */
+            if (selectable == NULL) {
+                Py_DECREF(key);
+                if (PyErr_Occurred())
+                    goto fail;
+                continue;
+            }
+            Py_INCREF(selectable);
+            PyObject *why = NULL;
+            int is_direct = 0;
+            for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(direct); k++)
+                if ((PyObject *)Py_TYPE(selectable) == PyTuple_GET_ITEM(direct, k))
+                    is_direct = 1;
+            if (is_direct)
+                why = direct_read(selectable, fd, done, lost);
+            else
+                why = PyObject_CallMethodNoArgs(selectable, str_doRead);
+            Py_DECREF(selectable);
+            if (why == NULL) {
+                PyObject *type, *exc, *tb;
+                PyErr_Fetch(&type, &exc, &tb);
+                PyErr_NormalizeException(&type, &exc, &tb);
+                if (exc != NULL && tb != NULL)
+                    PyException_SetTraceback(exc, tb);
+                item = exc == NULL ? NULL : Py_BuildValue("(iiO)", fd, -1, exc);
+                Py_XDECREF(type);
+                Py_XDECREF(exc);
+                Py_XDECREF(tb);
+            } else {
+                int truth = PyObject_IsTrue(why);
+                if (truth > 0)
+                    item = Py_BuildValue("(iiO)", fd, 0, why);
+                Py_DECREF(why);
+                if (truth < 0) {
+                    Py_DECREF(key);
+                    goto fail;
+                }
+                if (truth == 0) {
+                    Py_DECREF(key);
+                    continue;
+                }
+            }
+        }
+        Py_DECREF(key);
+        if (item == NULL || PyList_Append(later, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    return later;
+fail:
+    Py_DECREF(later);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"poll_dispatch", poll_dispatch, METH_VARARGS,
+     "poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost) -> [(fd, events, outcome)]: one reactor wait (see _speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
      "recv_datagrams(fd, count) -> [(data, (host, port)), ...]: up to count datagrams by one recvmmsg()"},
     {"feed", feed, METH_VARARGS,
@@ -263,4 +581,21 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "netecho._speedups", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (PyType_Ready(&ScannerType) < 0)
+        return NULL;
+    if (empty_bytes == NULL && (empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
+        return NULL;
+    if (str_doRead == NULL && ((str_doRead = PyUnicode_InternFromString("doRead")) == NULL ||
+                               (str_protocol = PyUnicode_InternFromString("protocol")) == NULL ||
+                               (str_dataReceived = PyUnicode_InternFromString("dataReceived")) == NULL))
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Scanner", (PyObject *)&ScannerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

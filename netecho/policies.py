@@ -25,7 +25,7 @@ from zope.interface import alsoProvides, directlyProvides, providedBy
 from netecho.address import describe, join_host_port, unmap
 from netecho.limits import Guard
 from netecho.stats import Stats
-from netecho.stopword import StopWordScanner, is_stop_datagram
+from netecho.stopword import Scanner, is_stop_datagram
 from netecho.throttle import ThrottledLog
 
 log = Logger()
@@ -70,7 +70,7 @@ class Session(policies.ProtocolWrapper):
         self.label = self.kind if factory.service == "echo" else factory.service
         self._stats = factory.stats
         self._started = factory.clock()
-        self._scanner = StopWordScanner(factory.stop_word) if factory.stop_word else None
+        self._scanner = Scanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
         self._stats.connection_opened(self.label, "pb" if factory.service == "pb" else self.kind)
         if factory.guard is not None:

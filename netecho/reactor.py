@@ -14,7 +14,11 @@ protocols, so every Twisted protocol gains from them:
    that old-style C{log.msg} lines carry the connection's prefix: about 2
    of the 5 microseconds of Python an echo costs. The only visible
    difference: legacy log lines written during an event show C{[-]}
-   (twisted.logger namespaces, which netecho uses, are unaffected).
+   (twisted.logger namespaces, which netecho uses, are unaffected). Where
+   netecho's C extension is built, the wait and the calls of C{doRead()}
+   for plain read events are one C call (C{poll_dispatch}); everything
+   else (writes, errors, hang-ups, what C{doRead()} returned or raised)
+   goes through Twisted's code as before.
 """
 
 from __future__ import annotations
@@ -24,11 +28,17 @@ import socket
 import sys
 from select import EPOLLIN
 
-from twisted.internet import epollreactor, error
+from twisted.internet import epollreactor, error, main
 from twisted.internet.main import installReactor
-from twisted.python import log
+from twisted.python import failure, log
 
-from netecho.transports import DatagramPort, TCPPort, UNIXPort
+from netecho.transports import DIRECT_READS, DatagramPort, TCPPort, UNIXPort
+
+try:
+    # The wait and the read dispatch in C (netecho/_speedups.c), if built.
+    from netecho._speedups import poll_dispatch
+except ImportError:  # pragma: no cover - depends on the build
+    poll_dispatch = None
 
 
 class DirectEPollReactor(epollreactor.EPollReactor):
@@ -69,10 +79,24 @@ class DirectEPollReactor(epollreactor.EPollReactor):
         return p
 
     def doPoll(self, timeout):
+        if poll_dispatch is not None:
+            # Private: _poller and _selectables are EPollReactor's state.
+            later = poll_dispatch(self._poller.fileno(), len(self._selectables), timeout, self._selectables,
+                                  DIRECT_READS, main.CONNECTION_DONE, main.CONNECTION_LOST)
+            for fd, event, outcome in later:
+                selectable = self._selectables.get(fd)
+                if selectable is None:
+                    continue
+                if event > 0:
+                    self._doReadOrWrite(selectable, fd, event)
+                    continue
+                if event < 0:  # doRead() raised outcome
+                    log.err(failure.Failure(outcome))
+                self._disconnectSelectable(selectable, outcome, True)
+            return
         if timeout is None:
             timeout = -1
         try:
-            # Private: _poller and _selectables are EPollReactor's state.
             events = self._poller.poll(timeout, len(self._selectables))
         except OSError as err:
             if err.errno == errno.EINTR:

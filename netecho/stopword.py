@@ -7,9 +7,9 @@ from functools import lru_cache
 
 try:
     # The scan in C (netecho/_speedups.c), when it could be built.
-    from netecho._speedups import feed as c_feed, inner_stop_line
+    from netecho._speedups import Scanner as _CScanner, feed as c_feed, inner_stop_line
 except ImportError:  # pragma: no cover - depends on the build
-    c_feed = inner_stop_line = None
+    _CScanner = c_feed = inner_stop_line = None
 
 #: What bytes.strip() trims, as a set and as a regular expression (less
 #: the line feed, which ends a line and so is never inside one).
@@ -109,3 +109,8 @@ class StopWordScanner:
         else:
             self.pending = _candidate(data[last + 1 :], word)
         return -1
+
+
+#: The scanner the services use: the C one (netecho._speedups.Scanner, the
+#: same state and answers, one call a chunk) where it was built.
+Scanner = _CScanner if _CScanner is not None else StopWordScanner

@@ -31,7 +31,7 @@ import socket
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, EWOULDBLOCK
 from functools import lru_cache
 
-from twisted.internet import abstract, defer, endpoints, error, fdesc, interfaces, tcp, udp, unix
+from twisted.internet import abstract, defer, endpoints, error, fdesc, interfaces, main, tcp, udp, unix
 from twisted.logger import Logger
 
 try:
@@ -55,27 +55,42 @@ class _EagerWrites:
     For L{tcp.Connection} subclasses: C{write()} tries C{send()} first when
     nothing is waiting to be written, and buffers only what the kernel did
     not take, through Twisted's own C{write()} (so ordering, flow control,
-    producers and error reporting stay Twisted's).
+    producers and error reporting stay Twisted's). C{doRead()} is
+    Twisted's in one frame instead of two.
     """
 
+    def doRead(self):
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            return None if e.errno == EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
     def write(self, data: bytes) -> None:
-        # Private: dataBuffer/_tempDataLen are FileDescriptor's write
+        # Private: _tempDataLen/dataBuffer are FileDescriptor's write
         # buffer, _writeDisconnected its half-close state (abstract.py);
-        # nothing else says whether bytes are waiting.
+        # nothing public says whether bytes are waiting.
         if (
             self._tempDataLen
             or self.dataBuffer
-            or not self.connected
             or self._writeDisconnected
+            or not self.connected
             or type(data) is not bytes
         ):
             return super().write(data)
         try:
-            sent = self.socket.send(data)
+            sent = self._send(data)
         except OSError:
             sent = 0  # EAGAIN, or an error Twisted's write path will meet and report
         if sent < len(data):
             super().write(data[sent:])
+
+    def __init__(self, sock, *args) -> None:
+        super().__init__(sock, *args)
+        self._send = sock.send
 
 
 class TCPServer(_EagerWrites, tcp.Server):
@@ -89,11 +104,16 @@ class TCPServer(_EagerWrites, tcp.Server):
 class UNIXServer(_EagerWrites, unix.Server):
     """A Unix server connection with eager writes, reading with recv()."""
 
-    doRead = tcp.Connection.doRead
-
 
 class UNIXDescriptorServer(_EagerWrites, unix.Server):
     """A Unix server connection with eager writes, for protocols that take descriptors."""
+
+    doRead = unix.Server.doRead  # recvmsg(), for the descriptors
+
+
+#: The transports whose doRead() netecho's reactor may do in C
+#: (netecho._speedups.poll_dispatch: the same recv() and dataReceived()).
+DIRECT_READS = (TCPServer, UNIXServer)
 
 
 def _unix_server(sock, protocol, client, server, sessionno, reactor):

@@ -1,13 +1,12 @@
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from netecho import stopword
-from netecho.stopword import StopWordScanner
 from tests import peers
 
 
 def first_stop(chunks, word=b"STOP"):
     """(chunk index, end offset) of the first stop line, or None."""
-    scanner = StopWordScanner(word)
+    scanner = stopword.StopWordScanner(word)  # (looked up here: some tests patch it)
     for i, chunk in enumerate(chunks):
         end = scanner.feed(chunk)
         if end >= 0:
@@ -42,7 +41,7 @@ class StopWordScannerTests(SynchronousTestCase):
 
     def test_memory_bounded(self):
         """A never-ending line keeps at most len(word) bytes pending."""
-        scanner = StopWordScanner(b"STOP")
+        scanner = stopword.StopWordScanner(b"STOP")
         for _ in range(100):
             scanner.feed(b" " * 10000)
         scanner.feed(b"STO")
@@ -52,7 +51,7 @@ class StopWordScannerTests(SynchronousTestCase):
         self.assertEqual(scanner.feed(b"\n"), 1)
 
     def test_empty_word_rejected(self):
-        self.assertRaises(ValueError, StopWordScanner, b"")
+        self.assertRaises(ValueError, stopword.StopWordScanner, b"")
 
 
 def reference(chunks, word=b"STOP"):
@@ -113,8 +112,8 @@ class StopWordAgainstReferenceTests(SynchronousTestCase):
         ])
 
     def test_line_breaks_in_word_rejected(self):
-        self.assertRaises(ValueError, StopWordScanner, b"A\nB")
-        self.assertRaises(ValueError, StopWordScanner, b" STOP")
+        self.assertRaises(ValueError, stopword.StopWordScanner, b"A\nB")
+        self.assertRaises(ValueError, stopword.StopWordScanner, b" STOP")
 
 
 class PurePythonScannerTests(StopWordScannerTests, StopWordAgainstReferenceTests):
@@ -132,6 +131,37 @@ class CInnerLoopOnlyTests(StopWordScannerTests, StopWordAgainstReferenceTests):
         if stopword.inner_stop_line is None:
             raise SkipTest("netecho._speedups is not built (CScannerTests says whether that is allowed)")
         self.patch(stopword, "c_feed", None)
+
+
+class CScannerTypeTests(StopWordScannerTests, StopWordAgainstReferenceTests):
+    """The same tests with netecho._speedups.Scanner, the scanner the services use where it is built."""
+
+    def setUp(self):
+        if stopword._CScanner is None:
+            raise SkipTest("netecho._speedups is not built (CScannerTests says whether that is allowed)")
+        self.patch(stopword, "StopWordScanner", stopword._CScanner)
+
+    def test_pending_is_the_same_as_python(self):
+        """Chunk by chunk, the C scanner keeps the same pending text as the Python one."""
+        import random
+
+        rng = random.Random(7)
+        pieces = [b"S", b"T", b"O", b"P", b"ST", b" ", b"\t", b"\n", b"x", b"STOP", b"  ", b"OP\n"]
+        for _ in range(2000):
+            c, py = stopword._CScanner(b"STOP"), PYTHON_SCANNER(b"STOP")
+            for _ in range(rng.randint(1, 8)):
+                chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+                found = c.feed(chunk)
+                self.assertEqual(found, py.feed(chunk), chunk)
+                if found >= 0:
+                    break
+                self.assertEqual(c.pending, py.pending, chunk)
+
+    def test_uses_it(self):
+        self.assertIs(stopword.Scanner, stopword._CScanner)
+
+
+PYTHON_SCANNER = stopword.StopWordScanner
 
 
 class CScannerTests(SynchronousTestCase):
