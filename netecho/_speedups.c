@@ -321,17 +321,23 @@ static PyTypeObject ScannerType = {
 };
 
 /*
- * recv_datagrams(fd, count) -> list of (data, (host, port)): up to count
- * (at most BATCH) datagrams waiting on the non-blocking IPv4 or IPv6
- * socket fd, read with one recvmmsg(); [] when none is waiting; OSError
- * otherwise (as socket.recvfrom() raises it). Each datagram is whole
- * (buffers of 64 KiB); hosts are what socket.recvfrom() gives
- * (inet_ntop(), so "::ffff:127.0.0.1" on a dual-stack socket).
+ * recv_datagrams(fd, count) -> (list of (data, (host, port)), dropped):
+ * up to count (at most BATCH) datagrams waiting on the non-blocking IPv4 or
+ * IPv6 socket fd, read with one recvmmsg(); an empty list when none is
+ * waiting; OSError otherwise (as socket.recvfrom() raises it). Each
+ * datagram is whole (buffers of 64 KiB); hosts are what socket.recvfrom()
+ * gives (inet_ntop(), so "::ffff:127.0.0.1" on a dual-stack socket).
+ * dropped: the socket's count of datagrams the kernel dropped (SO_RXQ_OVFL,
+ * when it is on), as the last datagram read carried it; -1 if none did.
  */
 #define BATCH 16
 #define DGRAM_MAX 65536
 static unsigned char *dgram_bufs;
 static struct sockaddr_storage dgram_from[BATCH];
+static union {
+    char buf[CMSG_SPACE(sizeof(uint32_t))];
+    struct cmsghdr align;
+} dgram_control[BATCH];
 
 /* The last SOURCES source addresses seen and their (host, port) tuples,
  * made once: a busy peer costs no formatting per datagram. */
@@ -393,19 +399,29 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = &dgram_from[i];
         msgs[i].msg_hdr.msg_namelen = sizeof dgram_from[i];
+        msgs[i].msg_hdr.msg_control = dgram_control[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof dgram_control[i].buf;
     }
     /* MSG_DONTWAIT: it never blocks, so the GIL (which guards these static
      * buffers) is kept throughout. */
     int got = recvmmsg(fd, msgs, (unsigned)count, MSG_DONTWAIT, NULL);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return PyList_New(0);
+            return Py_BuildValue("([]i)", -1);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    long long dropped = -1;
     PyObject *list = PyList_New(got);
     if (list == NULL)
         return NULL;
     for (int i = 0; i < got; i++) {
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c != NULL; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+                uint32_t count;
+                memcpy(&count, CMSG_DATA(c), sizeof count);
+                dropped = count;
+            }
+        }
         PyObject *addr = source_of(&dgram_from[i], msgs[i].msg_hdr.msg_namelen);
         PyObject *item = addr == NULL ? NULL
                          : Py_BuildValue("(y#O)", (const char *)dgram_bufs + (size_t)i * DGRAM_MAX,
@@ -416,7 +432,9 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
         }
         PyList_SET_ITEM(list, i, item);
     }
-    return list;
+    PyObject *result = Py_BuildValue("(OL)", list, dropped);
+    Py_DECREF(list);
+    return result;
 }
 
 /*
@@ -571,7 +589,7 @@ static PyMethodDef methods[] = {
     {"poll_dispatch", poll_dispatch, METH_VARARGS,
      "poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost) -> [(fd, events, outcome)]: one reactor wait (see _speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
-     "recv_datagrams(fd, count) -> [(data, (host, port)), ...]: up to count datagrams by one recvmmsg()"},
+     "recv_datagrams(fd, count) -> ([(data, (host, port)), ...], dropped): up to count datagrams by one recvmmsg()"},
     {"feed", feed, METH_VARARGS,
      "feed(data, word, pending) -> (end, pending): StopWordScanner.feed for a None or empty pending; (-2, pending) otherwise"},
     {"inner_stop_line", inner_stop_line, METH_VARARGS,

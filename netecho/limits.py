@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import time
 from collections import OrderedDict
 from functools import lru_cache
@@ -178,8 +179,10 @@ class IdleSweeper(service.Service):
     C{timeout} seconds: idle peers, and peers that stopped reading (their
     connection is paused, so nothing more is received). Aborting, not
     closing: a close would wait for a write buffer that never drains.
-    One periodic sweep instead of a timer reset per chunk keeps the echo
-    path free of timer work; a connection goes within C{timeout} + 10%.
+    One periodic sweep (every tenth of the timeout) instead of a timer reset
+    per chunk keeps the echo path free of timer work. Each connection's
+    last progress is timed from the reactor's clock, so a connection goes
+    at the first sweep after C{timeout}: within C{timeout} + 10%.
     """
 
     def __init__(self, reactor, timeout: float, on_abort: Callable[[object], None] | None = None) -> None:
@@ -187,12 +190,13 @@ class IdleSweeper(service.Service):
         self.timeout = timeout
         self.interval = max(timeout / 10, 0.05)
         self.on_abort = on_abort
+        #: session -> (bytes received when last seen, when that changed)
         self.sessions: dict = {}
         self._loop: task.LoopingCall | None = None
 
     def track(self, session) -> None:
         """Watch C{session} (it has C{received} and C{transport})."""
-        self.sessions[session] = (-1, 0.0)
+        self.sessions[session] = (session.received, self.reactor.seconds())
 
     def untrack(self, session) -> None:
         self.sessions.pop(session, None)
@@ -210,22 +214,29 @@ class IdleSweeper(service.Service):
             self._loop.stop()
 
     def sweep(self) -> None:
-        """One pass: age every connection that made no progress."""
-        interval = self.interval
+        """One pass: abort every connection without progress for C{timeout}."""
+        now = self.reactor.seconds()
         sessions = self.sessions
-        for session, (seen, idle) in list(sessions.items()):
+        for session, (seen, since) in list(sessions.items()):
             received = session.received
             if received != seen:
-                sessions[session] = (received, 0.0)
-                continue
-            idle += interval
-            if idle >= self.timeout:
+                sessions[session] = (received, now)
+            elif now - since >= self.timeout:
                 del sessions[session]
                 if self.on_abort is not None:
                     self.on_abort(session)
                 session.transport.abortConnection()
-            else:
-                sessions[session] = (seen, idle)
+
+
+#: How many of one source's connections a refused connection checks for a
+#: peer that has already gone (see L{Guard.admit}).
+REAP_CHECKS = 64
+
+#: Connections younger than this are never evicted (see L{Guard.admit}).
+EVICT_MIN_AGE = 1.0
+#: Nor are connections that moved at least this many bytes a second (both
+#: ways, on average since they opened).
+EVICT_BELOW_RATE = 1024.0
 
 
 class Guard:
@@ -233,22 +244,82 @@ class Guard:
     The limits every stream listener shares: connection caps, the idle
     sweep, and the counting and (rate-limited) logging of each refusal.
     Sessions call L{opened} and L{closed}; factories call L{admit}.
+
+    When a cap is reached, a new connection is not refused at once:
+     - connections from that source (or, for the total cap, any) whose peer
+       has already closed, but whose end of file the reactor has not read
+       yet, no longer count (a client that connects and closes in a quick
+       loop is never refused for its own dead connections);
+     - at the total cap, the open connection with the least progress for
+       its age (bytes both ways per second since it opened) is aborted to
+       make room, if it has been open for at least L{EVICT_MIN_AGE} seconds
+       and moved less than L{EVICT_BELOW_RATE} bytes a second: connections
+       that trickle a byte now and then cannot hold every slot. Each
+       eviction is counted (C{evicted}) and logged.
+
+    Sessions have C{received}, C{sent}, C{started} (on C{clock}),
+    C{limit_key}, C{transport}, C{peer} and C{peer_gone()}.
     """
 
-    def __init__(self, stats, limits: ConnectionLimits, sweeper: IdleSweeper, log) -> None:
+    def __init__(self, stats, limits: ConnectionLimits, sweeper: IdleSweeper, log,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
         self.limits = limits
         self.sweeper = sweeper
+        self.clock = clock
         self.throttled = ThrottledLog(log)
+        #: Open sessions holding a slot, by source key (None for Unix peers).
+        self._by_key: dict = {}
         sweeper.on_abort = lambda session: self.refuse("idle_timeout", getattr(session, "peer", "?"))
 
     def admit(self, addr) -> tuple[bool, str | None]:
         """(whether to accept a connection from C{addr}, the key for L{closed})."""
         refusal, key = self.limits.admit(addr)
+        if refusal == "max_per_ip" and self._reap(self._by_key.get(source_key(addr), {})):
+            refusal, key = self.limits.admit(addr)
+        if refusal == "max_connections" and self._make_room():
+            refusal, key = self.limits.admit(addr)
         if refusal is not None:
             self.refuse(refusal, describe(addr))
             return False, None
         return True, key
+
+    def _reap(self, sessions) -> bool:
+        """Free the slots of those of C{sessions} (L{REAP_CHECKS} at most) whose peer has gone."""
+        gone = [s for s in itertools.islice(sessions, REAP_CHECKS) if s.peer_gone()]
+        for session in gone:
+            self._release(session)
+        return bool(gone)
+
+    def _make_room(self) -> bool:
+        every = itertools.chain.from_iterable(self._by_key.values())
+        if self._reap(list(itertools.islice(every, REAP_CHECKS))):
+            return True
+        now = self.clock()
+        slowest, slowest_rate = None, None
+        for sessions in self._by_key.values():
+            for session in sessions:
+                age = now - session.started
+                if age < EVICT_MIN_AGE:
+                    continue
+                rate = (session.received + session.sent) / age
+                if rate < EVICT_BELOW_RATE and (slowest_rate is None or rate < slowest_rate):
+                    slowest, slowest_rate = session, rate
+        if slowest is None:
+            return False
+        self.refuse("evicted", slowest.peer)
+        self._release(slowest)
+        slowest.transport.abortConnection()
+        return True
+
+    def _release(self, session) -> None:
+        """Give back the slot C{session} holds (once)."""
+        sessions = self._by_key.get(session.limit_key)
+        if sessions is not None and session in sessions:
+            del sessions[session]
+            if not sessions:
+                del self._by_key[session.limit_key]
+            self.limits.release(session.limit_key)
 
     def refuse(self, reason: str, peer: str) -> None:
         """Count and log one refused or aborted connection."""
@@ -256,10 +327,11 @@ class Guard:
         self.throttled.warn(reason, "limit: {peer} cut off: {why}", peer=peer, why=reason.replace("_", " "))
 
     def opened(self, session) -> None:
-        """Watch a new connection (it has C{received}, C{limit_key} and C{transport})."""
+        """Count and watch a new connection, admitted with C{session.limit_key}."""
+        self._by_key.setdefault(session.limit_key, {})[session] = None
         self.sweeper.track(session)
 
     def closed(self, session) -> None:
         """Forget a connection that has closed."""
-        self.limits.release(session.limit_key)
+        self._release(session)
         self.sweeper.untrack(session)

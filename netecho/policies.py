@@ -14,6 +14,7 @@ datagram protocol, with the UDP guards of L{netecho.datagram}.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Callable
 
@@ -69,7 +70,8 @@ class Session(policies.ProtocolWrapper):
         #: the echo, else the service (random, pb).
         self.label = self.kind if factory.service == "echo" else factory.service
         self._stats = factory.stats
-        self._started = factory.clock()
+        #: When it opened, on the factory's clock.
+        self.started = factory.clock()
         self._scanner = Scanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
         self._stats.connection_opened(self.label, "pb" if factory.service == "pb" else self.kind)
@@ -136,6 +138,20 @@ class Session(policies.ProtocolWrapper):
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 
+    def peer_gone(self) -> bool:
+        """
+        Whether the peer has closed and nothing it sent is left to read: its
+        end of file is waiting on the socket (the caps may then stop
+        counting this connection before the reactor reads that end of file).
+        """
+        try:
+            sock = self.transport.getHandle()
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except Exception:  # not a socket (TLS, tests), or an error: leave it to the reactor
+            return False
+
     @property
     def peer(self) -> str:
         # Asked when needed, not at connect: behind the PROXY protocol the
@@ -153,7 +169,7 @@ class Session(policies.ProtocolWrapper):
             service=factory.service,
             kind=self.kind,
             peer=self.peer,
-            duration=factory.clock() - self._started,
+            duration=factory.clock() - self.started,
             received=self.received,
             sent=self.sent,
             why=" (stop word)" if self._stopped_by_word else "",
@@ -254,6 +270,15 @@ class ServedDatagrams(protocol.DatagramProtocol):
         self.wrapped.datagramReceived(data, addr)
         if self.stop_word and is_stop_datagram(data, self.stop_word):
             self.on_stop_word()
+
+    def kernelDropped(self, n: int) -> None:
+        """The port says the kernel dropped C{n} datagrams (a full receive buffer)."""
+        self.stats.drop("udp_kernel_dropped", n)
+        self.throttled.warn(
+            "udp_kernel_dropped",
+            "udp: the kernel dropped {n} datagrams (receive buffer full; see --udp-rcvbuf)",
+            n=n,
+        )
 
     def write(self, data: bytes, addr: tuple) -> None:
         try:

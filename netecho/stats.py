@@ -89,9 +89,9 @@ class Stats:
         """A lookup() served over PB ended with C{outcome} (ok, error)."""
         self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
 
-    def drop(self, reason: str) -> None:
-        """Count one refused connection or dropped datagram."""
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count C{n} refused connections or dropped datagrams."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     # What readers see.
 

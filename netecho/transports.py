@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, EWOULDBLOCK
 from functools import lru_cache
 
@@ -143,18 +144,34 @@ def _address_family(host: str) -> int | None:
     return None
 
 
+#: setsockopt() option (Linux): every datagram read carries the socket's
+#: count of datagrams the kernel dropped for want of buffer space.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_DROPS_SPACE = socket.CMSG_SPACE(4)
+
+
 class DatagramPort(udp.Port):
     """
     A UDP port that reads in batches and writes with fewer checks; what the
     protocol sees (C{datagramReceived(data, (host, port))}, C{write()} and
-    its errors) is Twisted's.
+    its errors) is Twisted's. It also reads the kernel's count of
+    datagrams dropped before they could be read (a full receive buffer):
+    when it grows, a protocol that has a C{kernelDropped(n)} method is told
+    how many more were lost.
     """
+
+    _drops = 0
 
     def _connectToProtocol(self) -> None:
         self._batched = recv_datagrams is not None and self.addressFamily in (
             socket.AF_INET,
             socket.AF_INET6,
         )
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self._drops_counted = True
+        except OSError:  # not Linux: no count
+            self._drops_counted = False
         super()._connectToProtocol()
 
     def doRead(self) -> None:
@@ -163,19 +180,23 @@ class DatagramPort(udp.Port):
         received = self.protocol.datagramReceived
         budget = self.maxThroughput
         fd = self.socket.fileno()
-        recvfrom = self.socket.recvfrom
+        sock = self.socket
         size = self.maxPacketSize
+        control = _DROPS_SPACE if self._drops_counted else 0
         while budget > 0:
             try:
                 if self._batched:
-                    batch = recv_datagrams(fd, BATCH)
+                    batch, dropped = recv_datagrams(fd, BATCH)
                 else:
-                    data, addr = recvfrom(size)
+                    data, ancillary, _, addr = sock.recvmsg(size, control)
                     batch = ((data, addr[:2]),)
+                    dropped = _dropped(ancillary)
             except OSError as e:
                 if e.errno in _READ_IGNORED:
                     return
                 raise
+            if dropped >= 0 and dropped != self._drops:
+                self._kernelDropped(dropped)
             for data, addr in batch:
                 budget -= len(data) or 1
                 try:
@@ -184,6 +205,14 @@ class DatagramPort(udp.Port):
                     log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
             if len(batch) < BATCH and self._batched:
                 return
+
+    def _kernelDropped(self, total: int) -> None:
+        """The kernel's drop count is now C{total} (a 32-bit counter)."""
+        more = (total - self._drops) % (1 << 32)
+        self._drops = total
+        tell = getattr(self.protocol, "kernelDropped", None)
+        if tell is not None and more:
+            tell(more)
 
     def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
         if self._connectedAddr or addr is None:
@@ -203,6 +232,14 @@ class DatagramPort(udp.Port):
             if e.errno == ECONNREFUSED:
                 return
             raise
+
+
+def _dropped(ancillary) -> int:
+    """The SO_RXQ_OVFL count in a recvmsg() result's ancillary data, or -1."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return -1
 
 
 class InheritedUNIXPort(UNIXPort):

@@ -36,6 +36,30 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(main([]), 2)
 
 
+    def test_password_never_echoed(self):
+        """
+        --password (or an abbreviation of --password-file) is refused as a
+        usage error that never repeats the secret; no option is abbreviated.
+        """
+        for argv in (["rpc", "127.0.0.1:1", "--password", "s3cret"],
+                     ["rpc", "127.0.0.1:1", "--password=s3cret", "add", "1", "2"],
+                     ["rpc", "127.0.0.1:1", "--pass", "s3cret"]):
+            err = io.StringIO()
+            self.patch(sys, "stderr", err)
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+            self.assertEqual(code, 2, argv)
+            self.assertNotIn("s3cret", err.getvalue(), argv)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["rpc", "127.0.0.1:1", "--password", "s3cret"]), 2)
+        self.assertIn("passwords are never taken from the command line", err.getvalue())
+        for p in build_parser()._subparsers._group_actions[0].choices.values():
+            self.assertFalse(p.allow_abbrev, p.prog)
+
+
 class LineConnectionTests(SynchronousTestCase):
     def setUp(self):
         self.conn = LineConnection()

@@ -150,6 +150,36 @@ class RandomNumberTests(SynchronousTestCase):
         self.assertEqual(stats.bytes_sent["random"], len(transport.value()))
         self.assertEqual((stats.tcp, stats.opened), (1, {"random": 1}))
 
+    def test_answers_only_as_the_transport_takes_them(self):
+        """64 Ki line feeds in one read: batches while the buffer has room, the rest owed (a count)."""
+        from netecho.randomnum import BATCH_LINES
+
+        class Buffered(StringTransport):
+            def write(self, data):
+                super().write(data)
+                if len(self.value()) > 65536 and self.producer is not None:
+                    self.producer.pauseProducing()
+
+        proto = RandomNumberFactory(rng=random.Random(3)).buildProtocol(None)
+        transport = Buffered()
+        proto.makeConnection(transport)
+        self.assertIs(transport.producer, proto)
+        proto.dataReceived(b"\n" * 65536)
+        self.assertLess(len(transport.value()), 65536 + BATCH_LINES * 11 + 1)
+        self.assertEqual(transport.producerState, "paused")  # reading stops too
+        proto.readConnectionLost()  # half-close: everything owed is still answered
+        self.assertFalse(transport.disconnecting)
+        total = 0
+        for _ in range(1000):
+            total += transport.value().count(b"\n")
+            transport.clear()
+            if not proto.owed:
+                break
+            proto.resumeProducing()
+        total += transport.value().count(b"\n")
+        self.assertEqual(total, 65536)
+        self.assertTrue(transport.disconnecting)
+
     def test_stop_word_closes(self):
         factory = Served(RandomNumberFactory(rng=random.Random(1)), Stats(), "random", stop_word=b"STOP")
         proto, transport = connect(factory)

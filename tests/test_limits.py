@@ -35,9 +35,79 @@ class ConnectionLimitsTests(SynchronousTestCase):
 
 
 class Session:
-    def __init__(self):
-        self.received = 0
+    def __init__(self, key=None, started=0.0, received=0, gone=False):
+        self.received = received
+        self.sent = received
+        self.started = started
+        self.limit_key = key
+        self.gone = gone
+        self.peer = f"peer-{id(self)}"
         self.transport = StringTransport()
+
+    def peer_gone(self):
+        return self.gone
+
+
+class GuardTests(SynchronousTestCase):
+    def guard(self, total=0, per_source=0):
+        from netecho.limits import Guard
+        from netecho.stats import Stats
+        from twisted.logger import Logger
+
+        self.now = [100.0]
+        self.stats = Stats()
+        return Guard(self.stats, ConnectionLimits(total, per_source), IdleSweeper(task.Clock(), 0), Logger(),
+                     clock=lambda: self.now[0])
+
+    def open(self, guard, host, **kw):
+        accepted, key = guard.admit(peer(host))
+        if not accepted:
+            return None
+        session = Session(key, started=self.now[0], **kw)
+        guard.opened(session)
+        return session
+
+    def test_dead_connections_of_that_source_stop_counting(self):
+        """A source at its cap whose earlier peers have closed (EOF not read yet) is not refused."""
+        guard = self.guard(per_source=2)
+        a, b = self.open(guard, "192.0.2.1"), self.open(guard, "192.0.2.1")
+        self.assertIsNone(self.open(guard, "192.0.2.1"))  # both alive: refused
+        a.gone = True
+        c = self.open(guard, "192.0.2.1")
+        self.assertIsNotNone(c)
+        self.assertEqual(guard.limits.active, 2)
+        guard.closed(a)  # its connectionLost comes later: counted once only
+        self.assertEqual(guard.limits.active, 2)
+        guard.closed(b)
+        guard.closed(c)
+        self.assertEqual((guard.limits.active, guard._by_key), (0, {}))
+        self.assertEqual(self.stats.dropped, {"max_per_ip": 1})
+
+    def test_full_evicts_the_slowest_old_enough(self):
+        guard = self.guard(total=3)
+        fast = self.open(guard, "192.0.2.1", received=10_000_000)
+        slow = self.open(guard, "192.0.2.2", received=1)
+        slower = self.open(guard, "192.0.2.3", received=0)
+        self.now[0] += 0.5  # all younger than EVICT_MIN_AGE: refused
+        self.assertIsNone(self.open(guard, "192.0.2.9"))
+        self.now[0] += 1
+        newcomer = self.open(guard, "192.0.2.9")
+        self.assertIsNotNone(newcomer)
+        self.assertTrue(slower.transport.disconnecting)  # aborted
+        self.assertFalse(slow.transport.disconnecting)
+        self.assertEqual(self.stats.dropped, {"max_connections": 1, "evicted": 1})
+        guard.closed(slower)
+        self.assertEqual(guard.limits.active, 3)
+        # The newcomer is protected while young; slow goes next; fast never.
+        self.assertIsNotNone(self.open(guard, "192.0.2.10"))
+        self.assertTrue(slow.transport.disconnecting)
+        self.now[0] += 1000  # the newcomers (nothing moved) go; fast (>1 KiB/s on average) stays
+        self.assertIsNotNone(self.open(guard, "192.0.2.11"))
+        self.assertIsNotNone(self.open(guard, "192.0.2.12"))
+        self.assertTrue(newcomer.transport.disconnecting)
+        self.assertFalse(fast.transport.disconnecting)
+        self.now[0] += 0.1  # the last two are young, fast is fast: no one to evict
+        self.assertIsNone(self.open(guard, "192.0.2.13"))
 
 
 class IdleSweeperTests(SynchronousTestCase):
@@ -56,6 +126,36 @@ class IdleSweeperTests(SynchronousTestCase):
         self.assertTrue(idle.transport.disconnecting)
         self.assertFalse(busy.transport.disconnecting)
         self.assertNotIn(idle, sweeper.sessions)
+        sweeper.stopService()
+
+    def test_within_ten_percent(self):
+        """--idle-timeout 2: a connection goes between 2 s and 2.2 s after its last progress, wherever it falls."""
+        for start in (0.0, 0.03, 0.17, 0.199):
+            clock = task.Clock()
+            gone = []
+            sweeper = IdleSweeper(clock, timeout=2, on_abort=lambda s: gone.append(clock.seconds()))
+            sweeper.startService()
+            clock.advance(start)
+            session = Session()
+            sweeper.track(session)
+            while not gone and clock.seconds() < 5:
+                clock.advance(0.01)
+            sweeper.stopService()
+            self.assertTrue(gone, start)
+            self.assertGreaterEqual(gone[0] - start, 2.0 - 1e-9)
+            self.assertLessEqual(gone[0] - start, 2.2 + 1e-9)
+
+    def test_progress_restarts_the_wait(self):
+        clock = task.Clock()
+        gone = []
+        sweeper = IdleSweeper(clock, timeout=2, on_abort=gone.append)
+        sweeper.startService()
+        session = Session()
+        sweeper.track(session)
+        clock.pump([0.1] * 15)
+        session.received += 1  # at 1.5 s
+        clock.pump([0.1] * 30)  # 4.5 s: idle since 1.5-1.7 s, so gone by 3.9 s at the latest
+        self.assertEqual(gone, [session])
         sweeper.stopService()
 
     def test_zero_disables(self):

@@ -338,6 +338,37 @@ class DatagramPortTests(TestCase):
         self.patch(transports, "recv_datagrams", None)
         await self.check_bursts("127.0.0.1", "127.0.0.1")
 
+    def check_kernel_drops(self) -> None:
+        """A full receive buffer: what the kernel dropped is counted (udp_kernel_dropped) at the next read."""
+        from netecho.reactor import DirectEPollReactor
+
+        stats = Stats()
+        served = ServedDatagrams(DatagramEcho(), stats, guard=DatagramGuard(stats, set()))
+        port = DatagramPort(0, served, "127.0.0.1", MAX_DATAGRAM, DirectEPollReactor())  # never run: read by hand
+        port.startListening()
+        self.addCleanup(port.connectionLost)
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        for _ in range(200):
+            client.sendto(b"x" * 1000, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        self.assertNotIn("udp_kernel_dropped", stats.dropped)
+        # The next datagram carries the count of those lost meanwhile.
+        client.sendto(b"x" * 1000, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(stats.dropped["udp_kernel_dropped"] + stats.datagrams_echoed, 201)
+        self.assertGreater(stats.datagrams_echoed, 1)
+
+    def test_kernel_drops(self):
+        self.check_kernel_drops()
+
+    def test_kernel_drops_without_batches(self):
+        self.patch(transports, "recv_datagrams", None)
+        self.check_kernel_drops()
+
 
 class RecvDatagramsTests(TestCase):
     """netecho._speedups.recv_datagrams against socket.recvfrom(), on the same datagrams."""
@@ -376,7 +407,7 @@ class RecvDatagramsTests(TestCase):
                     clients[i % 3].sendto(rng.randbytes(size), target)
                 while True:
                     if way == "c":
-                        batch = transports.recv_datagrams(server.fileno(), transports.BATCH)
+                        batch, _ = transports.recv_datagrams(server.fileno(), transports.BATCH)
                         self.assertLessEqual(len(batch), transports.BATCH)
                     else:
                         try:
@@ -407,9 +438,33 @@ class RecvDatagramsTests(TestCase):
         server, (client, *_) = self.pair("127.0.0.1", "127.0.0.1")
         for i in range(20):
             client.sendto(b"%d" % i * (i + 1), server.getsockname())
-        first = transports.recv_datagrams(server.fileno(), 16)
-        rest = transports.recv_datagrams(server.fileno(), 16)
+        first, dropped = transports.recv_datagrams(server.fileno(), 16)
+        self.assertEqual(dropped, -1)  # SO_RXQ_OVFL is off on this socket
+        rest, _ = transports.recv_datagrams(server.fileno(), 16)
         self.assertEqual([d for d, _ in first + rest], [b"%d" % i * (i + 1) for i in range(20)])
         self.assertEqual((len(first), len(rest)), (16, 4))
         self.assertEqual({a for _, a in first + rest}, {client.getsockname()})
-        self.assertEqual(transports.recv_datagrams(server.fileno(), 16), [])
+        self.assertEqual(transports.recv_datagrams(server.fileno(), 16), ([], -1))
+
+    def test_kernel_drop_count(self):
+        """With SO_RXQ_OVFL on, each batch carries the kernel's drop count, as recvmsg() shows it."""
+        server, (client, *_) = self.pair("127.0.0.1", "127.0.0.1")
+        server.setsockopt(socket.SOL_SOCKET, transports.SO_RXQ_OVFL, 1)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(200):
+            client.sendto(b"x" * 1000, server.getsockname())
+        # The count a datagram carries is the one when it was queued: the
+        # ones queued before the buffer filled carry none.
+        while True:
+            batch, dropped = transports.recv_datagrams(server.fileno(), 16)
+            self.assertEqual(dropped, -1)
+            if not batch:
+                break
+        client.sendto(b"y", server.getsockname())
+        client.sendto(b"z", server.getsockname())
+        batch, dropped = transports.recv_datagrams(server.fileno(), 1)
+        self.assertEqual([d for d, _ in batch], [b"y"])
+        self.assertGreater(dropped, 100)
+        data, ancillary, _, _ = server.recvmsg(100, socket.CMSG_SPACE(4))
+        self.assertEqual(data, b"z")
+        self.assertEqual(transports._dropped(ancillary), dropped)

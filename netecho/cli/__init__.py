@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="netecho",
+        allow_abbrev=False,
         description="Clients for netecho's services. The daemon itself runs "
         "as 'twistd -n netecho' (see 'twistd netecho --help').",
     )
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.register(sub)
     lookup.register(sub)
     bench.register(sub)
+    # No abbreviations: argparse would take --password for --password-file
+    # and print the secret in its error.
+    for p in (parser, *sub.choices.values()):
+        p.allow_abbrev = False
     return parser
 
 

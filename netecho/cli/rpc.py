@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     from netecho.cli.runner import run as run_on_reactor
 
     problem = call_problem(args)
+    if args.password is not None:
+        # Never repeat what followed --password: it may be the secret.
+        problem = ("passwords are never taken from the command line "
+                   "(use NETECHO_PASSWORD, --password-file, or the prompt on a terminal)")
     if problem:
         print(f"netecho rpc: error: {problem}", file=sys.stderr)
         return 2
@@ -165,6 +169,8 @@ def register(sub) -> None:
     p.add_argument("args", nargs="*", metavar="ARG", help="the call's arguments")
     p.add_argument("--user", metavar="NAME", help="log in as NAME (default: $NETECHO_USER, else anonymous)")
     p.add_argument("--password-file", metavar="FILE", help="read the password from FILE's first line")
+    # Only to refuse it without echoing the value (see run()).
+    p.add_argument("--password", nargs="?", const="", default=None, help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=positive, default=10.0, metavar="S",
                    help="seconds to wait for the connection, the login and the reply (default 10)")
     p.set_defaults(run=run, take_extra=_take_extra)

@@ -321,6 +321,38 @@ class RandomServiceTests(TestCase):
             self.assertTrue(0 <= int(n) < 2**31, n)
 
 
+    def test_non_reading_clients_cost_little(self):
+        """
+        Clients that send 64 KiB of line feeds (65,536 numbers owed, ~700 KB)
+        and never read: the answers are written only as the socket takes
+        them, so each costs the daemon little (before: about 430 KB each).
+        """
+        daemon = Daemon(self, "--random", "0").start()
+        port = daemon.port("--random 0")
+        before = daemon.rss_kib()
+        hogs = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            self.addCleanup(s.close)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"\n" * 65536)
+            hogs.append(s)
+        time.sleep(1.5)
+        growth_kib = daemon.rss_kib() - before
+        self.assertLess(growth_kib / len(hogs), 200, f"daemon grew by {growth_kib} KiB for {len(hogs)} clients")
+        # Each one still gets every number once it reads.
+        hog = hogs[0]
+        hog.shutdown(socket.SHUT_WR)
+        hog.settimeout(10)
+        data = b""
+        while True:
+            chunk = hog.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(data.count(b"\n"), 65536)
+
+
 class UnixSocketFileTests(TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="netecho-unix-")

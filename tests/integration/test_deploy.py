@@ -388,11 +388,21 @@ class SocketActivationTests(TestCase):
         """
         peers.require_root("switching to an unprivileged user, as DynamicUser=yes does")
         setpriv = peers.require("setpriv", "util-linux")
-        path = os.path.join(self.dir, "echo.sock")
-        os.chmod(self.dir, 0o755)
         cwd = tempfile.mkdtemp(prefix="netecho-act-cwd-")
         self.addCleanup(shutil.rmtree, cwd, True)
         os.chmod(cwd, 0o755)
+        # The unprivileged daemon runs this checkout's Python and netecho: a
+        # clone in a directory others cannot enter (mktemp -d, /root) cannot
+        # run it, and there is nothing to test then.
+        probe = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+             "import netecho.tap"], cwd=cwd, capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            raise SkipTest("uid 65534 cannot run this checkout's Python and netecho (it is in a directory "
+                           "others cannot enter); clone it where others can read it to run this test: "
+                           + (probe.stderr.strip().splitlines() or ["?"])[-1])
+        path = os.path.join(self.dir, "echo.sock")
+        os.chmod(self.dir, 0o755)
         d = self.daemon(
             ["-l", path, "--fdname=unix", "--", setpriv, "--reuid=65534", "--regid=65534",
              "--clear-groups"],
