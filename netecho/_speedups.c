@@ -6,8 +6,9 @@
  *
  * - the stop-word scan (netecho/stopword.py): Scanner, feed(),
  *   inner_stop_line();
- * - recv_datagrams(): a batch of datagrams by one recvmmsg(), for the UDP
- *   port (netecho/transports.py), IPv4 and IPv6 alike;
+ * - recv_datagrams() and send_datagrams(): batches of datagrams by one
+ *   recvmmsg() / sendmmsg(), for the UDP port (netecho/transports.py),
+ *   IPv4 and IPv6 alike;
  * - poll_dispatch(): one wait of netecho's epoll reactor (netecho/reactor.py),
  *   calling doRead() on what is readable without a Python loop.
  *
@@ -438,6 +439,131 @@ static PyObject *recv_datagrams(PyObject *self, PyObject *args) {
 }
 
 /*
+ * send_datagrams(fd, family, datagrams) -> list of (index, errno): send
+ * every (data, (host, port)) of the list datagrams on the non-blocking
+ * socket fd (of address family AF_INET or AF_INET6; IPv4 hosts on an IPv6
+ * socket are sent to their ::ffff: form) with as few sendmmsg() calls as
+ * it takes; the ones that failed come back with their errno (by index),
+ * the rest were sent, in order. A host that is not an address literal fails with
+ * EINVAL (nothing is resolved).
+ */
+#define SEND_BATCH 64
+
+static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out, socklen_t *len) {
+    const char *host;
+    int port;
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2 || !PyArg_ParseTuple(addr, "si|ii", &host, &port, &(int){0}, &(int){0})) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (port < 0 || port > 65535)
+        return -1;
+    memset(out, 0, sizeof *out);
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)out;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return -1;
+        *len = sizeof *in;
+        return 0;
+    }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)out;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) {
+        struct in_addr v4;
+        if (inet_pton(AF_INET, host, &v4) != 1)
+            return -1;
+        in6->sin6_addr.s6_addr[10] = 0xff;
+        in6->sin6_addr.s6_addr[11] = 0xff;
+        memcpy(&in6->sin6_addr.s6_addr[12], &v4, 4);
+    }
+    *len = sizeof *in6;
+    return 0;
+}
+
+static PyObject *send_datagrams(PyObject *self, PyObject *args) {
+    int fd, family;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "iiO!", &fd, &family, &PyList_Type, &list))
+        return NULL;
+    if (family != AF_INET && family != AF_INET6) {
+        PyErr_SetString(PyExc_ValueError, "send_datagrams: not an IPv4 or IPv6 socket");
+        return NULL;
+    }
+    PyObject *failed = PyList_New(0);
+    if (failed == NULL)
+        return NULL;
+    Py_ssize_t total = PyList_GET_SIZE(list), start = 0;
+    struct mmsghdr msgs[SEND_BATCH];
+    struct iovec iov[SEND_BATCH];
+    struct sockaddr_storage to[SEND_BATCH];
+    Py_buffer views[SEND_BATCH];
+    while (start < total) {
+        int n = 0;
+        Py_ssize_t index[SEND_BATCH];
+        memset(msgs, 0, sizeof msgs);
+        /* Fill a batch with the datagrams that can be sent; note the others. */
+        while (start < total && n < SEND_BATCH) {
+            PyObject *item = PyList_GET_ITEM(list, start);
+            socklen_t len;
+            int bad = !PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+                      to_sockaddr(PyTuple_GET_ITEM(item, 1), family, &to[n], &len) < 0 ||
+                      PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[n], PyBUF_SIMPLE) < 0;
+            if (bad) {
+                PyErr_Clear();
+                PyObject *f = Py_BuildValue("(ni)", start, EINVAL);
+                if (f == NULL || PyList_Append(failed, f) < 0) {
+                    Py_XDECREF(f);
+                    for (int k = 0; k < n; k++) PyBuffer_Release(&views[k]);
+                    Py_DECREF(failed);
+                    return NULL;
+                }
+                Py_DECREF(f);
+                start++;
+                continue;
+            }
+            iov[n].iov_base = views[n].buf;
+            iov[n].iov_len = (size_t)views[n].len;
+            msgs[n].msg_hdr.msg_iov = &iov[n];
+            msgs[n].msg_hdr.msg_iovlen = 1;
+            msgs[n].msg_hdr.msg_name = &to[n];
+            msgs[n].msg_hdr.msg_namelen = len;
+            index[n] = start++;
+            n++;
+        }
+        int done = 0;
+        while (done < n) {
+            int r = sendmmsg(fd, msgs + done, (unsigned)(n - done), MSG_DONTWAIT);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                /* The first of the rest failed: note it, go on after it. */
+                PyObject *f = Py_BuildValue("(ni)", index[done], errno);
+                if (f == NULL || PyList_Append(failed, f) < 0) {
+                    Py_XDECREF(f);
+                    for (int k = 0; k < n; k++) PyBuffer_Release(&views[k]);
+                    Py_DECREF(failed);
+                    return NULL;
+                }
+                Py_DECREF(f);
+                done++;
+            } else {
+                done += r;
+            }
+        }
+        for (int k = 0; k < n; k++)
+            PyBuffer_Release(&views[k]);
+    }
+    if (PyList_Sort(failed) < 0) {
+        Py_DECREF(failed);
+        return NULL;
+    }
+    return failed;
+}
+
+/*
  * poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost)
  * -> list: one wait of
  * netecho's epoll reactor (netecho/reactor.py). epoll_wait() (without the
@@ -586,6 +712,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"send_datagrams", send_datagrams, METH_VARARGS,
+     "send_datagrams(fd, family, [(data, (host, port)), ...]) -> [(index, errno), ...]: sendmmsg() of a list"},
     {"poll_dispatch", poll_dispatch, METH_VARARGS,
      "poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost) -> [(fd, events, outcome)]: one reactor wait (see _speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,

@@ -284,16 +284,27 @@ class ServedDatagrams(protocol.DatagramProtocol):
         try:
             self.transport.write(data, addr)
         except (OSError, error.MessageLengthError) as e:
-            # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
-            self.stats.drop("udp_send_error")
-            self.throttled.warn(
-                "udp_send_error",
-                "udp: reply to {peer} failed: {error}",
-                peer=join_host_port(unmap(addr[0]), addr[1]),
-                error=(getattr(e, "strerror", None) or str(e)).lower(),
-            )
+            self._send_failed(addr, e)
             return
         self.stats.datagram_sent(len(data), addr)
+
+    def datagramNotSent(self, data: bytes, addr: tuple, reason: Exception) -> None:
+        """
+        netecho's UDP port sent a batch of replies after write() returned
+        (netecho/transports.py): this one failed.
+        """
+        self.stats.datagram_unsent(len(data))
+        self._send_failed(addr, reason)
+
+    def _send_failed(self, addr: tuple, reason: Exception) -> None:
+        # EAGAIN, EMSGSIZE, ENETUNREACH...: one datagram lost, not the service.
+        self.stats.drop("udp_send_error")
+        self.throttled.warn(
+            "udp_send_error",
+            "udp: reply to {peer} failed: {error}",
+            peer=join_host_port(unmap(addr[0]), addr[1]),
+            error=(getattr(reason, "strerror", None) or str(reason)).lower(),
+        )
 
     def getHost(self):
         return self.transport.getHost()

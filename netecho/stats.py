@@ -89,6 +89,11 @@ class Stats:
         """A lookup() served over PB ended with C{outcome} (ok, error)."""
         self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
 
+    def datagram_unsent(self, n: int) -> None:
+        """A datagram of C{n} bytes counted by L{datagram_sent} could not be sent after all."""
+        self.datagrams_echoed -= 1
+        self.bytes_sent["udp"] -= n
+
     def drop(self, reason: str, n: int = 1) -> None:
         """Count C{n} refused connections or dropped datagrams."""
         self.dropped[reason] = self.dropped.get(reason, 0) + n

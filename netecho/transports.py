@@ -36,10 +36,10 @@ from twisted.internet import abstract, defer, endpoints, error, fdesc, interface
 from twisted.logger import Logger
 
 try:
-    # recvmmsg() in C (netecho/_speedups.c), where it could be built.
-    from netecho._speedups import recv_datagrams
+    # recvmmsg() and sendmmsg() in C (netecho/_speedups.c), where it could be built.
+    from netecho._speedups import recv_datagrams, send_datagrams
 except ImportError:  # pragma: no cover - depends on the build
-    recv_datagrams = None
+    recv_datagrams = send_datagrams = None
 
 log = Logger()
 
@@ -154,18 +154,27 @@ class DatagramPort(udp.Port):
     """
     A UDP port that reads in batches and writes with fewer checks; what the
     protocol sees (C{datagramReceived(data, (host, port))}, C{write()} and
-    its errors) is Twisted's. It also reads the kernel's count of
-    datagrams dropped before they could be read (a full receive buffer):
-    when it grows, a protocol that has a C{kernelDropped(n)} method is told
-    how many more were lost.
+    its errors) is Twisted's, with one opt-in difference: for a protocol
+    that has a C{datagramNotSent(data, addr, error)} method, the replies it
+    writes while a batch is read are sent together after the batch (one
+    C{sendmmsg()}), and a reply that could not be sent is reported there
+    (C{error}: what C{write()} would have raised) instead of raised.
+
+    It also reads the kernel's count of datagrams dropped before they could
+    be read (a full receive buffer): when it grows, a protocol that has a
+    C{kernelDropped(n)} method is told how many more were lost.
     """
 
     _drops = 0
+    _queue = None
 
     def _connectToProtocol(self) -> None:
         self._batched = recv_datagrams is not None and self.addressFamily in (
             socket.AF_INET,
             socket.AF_INET6,
+        )
+        self._sendsLater = (
+            self._batched and send_datagrams is not None and hasattr(self.protocol, "datagramNotSent")
         )
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
@@ -197,14 +206,37 @@ class DatagramPort(udp.Port):
                 raise
             if dropped >= 0 and dropped != self._drops:
                 self._kernelDropped(dropped)
-            for data, addr in batch:
-                budget -= len(data) or 1
-                try:
-                    received(data, addr)
-                except Exception:
-                    log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
+            if self._sendsLater:
+                self._queue = []
+            try:
+                for data, addr in batch:
+                    budget -= len(data) or 1
+                    try:
+                        received(data, addr)
+                    except Exception:
+                        log.failure("udp: unexpected error for a datagram from {addr}", addr=addr)
+            finally:
+                if self._queue:
+                    self._sendQueued()
+                self._queue = None
             if len(batch) < BATCH and self._batched:
                 return
+
+    def _sendQueued(self) -> None:
+        """Send the replies written during a batch; report the ones that failed."""
+        queue = self._queue
+        for index, err in send_datagrams(self.socket.fileno(), self.addressFamily, queue):
+            if err == ECONNREFUSED:  # as write() does: an ICMP error left from an earlier reply
+                continue
+            data, addr = queue[index]
+            if err == EMSGSIZE:
+                failure = error.MessageLengthError("message too long")
+            else:
+                failure = OSError(err, os.strerror(err))
+            try:
+                self.protocol.datagramNotSent(data, addr, failure)
+            except Exception:
+                log.failure("udp: unexpected error for a reply to {addr}", addr=addr)
 
     def _kernelDropped(self, total: int) -> None:
         """The kernel's drop count is now C{total} (a 32-bit counter)."""
@@ -218,10 +250,14 @@ class DatagramPort(udp.Port):
         if self._connectedAddr or addr is None:
             return super().write(datagram, addr)
         family = _address_family(addr[0])
-        if family is None or (family == socket.AF_INET and self.addressFamily == socket.AF_INET6) or (
-            family == socket.AF_INET6 and self.addressFamily == socket.AF_INET
+        if family is None or (family == socket.AF_INET6 and self.addressFamily == socket.AF_INET) or (
+            family == socket.AF_INET and self.addressFamily == socket.AF_INET6
         ):
             return super().write(datagram, addr)  # which raises what Twisted raises
+        queue = self._queue
+        if queue is not None and type(datagram) is bytes:
+            queue.append((datagram, addr))
+            return
         try:
             self.socket.sendto(datagram, addr)
         except OSError as e:

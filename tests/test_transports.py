@@ -334,9 +334,50 @@ class DatagramPortTests(TestCase):
         self.patch(transports, "recv_datagrams", None)
         await self.check_bursts("::", "127.0.0.1")
 
+    async def test_dual_stack_replies_one_by_one(self):
+        """Batched reads, but each reply by its own sendto() (no send_datagrams)."""
+        self.patch(transports, "send_datagrams", None)
+        await self.check_bursts("::", "127.0.0.1")
+
     async def test_ipv4_without_batches(self):
         self.patch(transports, "recv_datagrams", None)
         await self.check_bursts("127.0.0.1", "127.0.0.1")
+
+    def test_replies_that_cannot_be_sent(self):
+        """
+        A reply the kernel refuses: raised by write() when sent at once,
+        reported to datagramNotSent() when sent after the batch; the other
+        replies go out either way.
+        """
+        from netecho.reactor import DirectEPollReactor
+
+        for later in (True, False):
+            if later and transports.send_datagrams is None:
+                continue
+            failures, sent = [], []
+
+            class Replier(protocol.DatagramProtocol):
+                def datagramReceived(self, data, addr):
+                    try:
+                        self.transport.write(b"x" * 70000 if data == b"big" else data, addr)
+                    except Exception as e:
+                        failures.append(("raised", type(e).__name__))
+
+            if later:
+                Replier.datagramNotSent = lambda self, data, addr, e: failures.append(("later", type(e).__name__))
+            port = DatagramPort(0, Replier(), "127.0.0.1", MAX_DATAGRAM, DirectEPollReactor())
+            port.startListening()
+            self.addCleanup(port.connectionLost)
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.addCleanup(client.close)
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(5)
+            for data in (b"one", b"big", b"two"):
+                client.sendto(data, ("127.0.0.1", port.getHost().port))
+            port.doRead()
+            sent = [client.recv(100), client.recv(100)]
+            self.assertEqual(sent, [b"one", b"two"])
+            self.assertEqual(failures, [("later" if later else "raised", "MessageLengthError")])
 
     def check_kernel_drops(self) -> None:
         """A full receive buffer: what the kernel dropped is counted (udp_kernel_dropped) at the next read."""
@@ -445,6 +486,27 @@ class RecvDatagramsTests(TestCase):
         self.assertEqual((len(first), len(rest)), (16, 4))
         self.assertEqual({a for _, a in first + rest}, {client.getsockname()})
         self.assertEqual(transports.recv_datagrams(server.fileno(), 16), ([], -1))
+
+    def test_send_datagrams(self):
+        """sendmmsg() of a list: in order, failures by index with their errno, nothing resolved."""
+        import errno
+
+        server, (client, other, _) = self.pair("127.0.0.1", "127.0.0.1")
+        client.settimeout(5)
+        other.settimeout(5)
+        a, b = client.getsockname(), other.getsockname()
+        queue = [(b"1", a), (b"x" * 70000, a), (b"2", b), (b"3", ("localhost", a[1])), (b"4", a)] * 20
+        failed = transports.send_datagrams(server.fileno(), socket.AF_INET, queue)
+        self.assertEqual(failed, [(i * 5 + k, e) for i in range(20) for k, e in ((1, errno.EMSGSIZE), (3, errno.EINVAL))])
+        self.assertEqual([client.recv(10) for _ in range(40)], [b"1", b"4"] * 20)
+        self.assertEqual([other.recv(10) for _ in range(20)], [b"2"] * 20)
+
+    def test_send_datagrams_dual_stack(self):
+        """On an IPv6 socket, IPv4 hosts go to their ::ffff: form."""
+        server, (client, *_) = self.pair("::", "127.0.0.1")
+        client.settimeout(5)
+        self.assertEqual(transports.send_datagrams(server.fileno(), socket.AF_INET6, [(b"v4", client.getsockname())]), [])
+        self.assertEqual(client.recv(10), b"v4")
 
     def test_kernel_drop_count(self):
         """With SO_RXQ_OVFL on, each batch carries the kernel's drop count, as recvmsg() shows it."""
