@@ -7,6 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web import resource, server
 
+from netecho.faults import FAULT_KINDS
 from netecho.stats import ECHO_LABELS, Stats
 
 STREAM_SERVICES = ("tcp", "unix", "random", "pb")
@@ -58,6 +59,12 @@ class StatsCollector:
         for (method, outcome), count in sorted(s.rpc_outcomes.items()):
             calls.add_metric([method, outcome], count)
         yield calls
+
+        faults = CounterMetricFamily(
+            "netecho_faults", "Faults injected on purpose (--faults), by fault.", labels=["fault"])
+        for fault in FAULT_KINDS:
+            faults.add_metric([fault], s.faults.get(fault, 0))
+        yield faults
 
         lookups = CounterMetricFamily(
             "netecho_lookups", "DNS lookups served over RPC, by outcome.", labels=["outcome"])

@@ -204,10 +204,13 @@ class Served(policies.WrappingFactory):
         on_stop_word: Callable[[], None] | None = None,
         log_data: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        faults=None,
     ) -> None:
         super().__init__(wrapped)
         self.stats = stats
         self.service = service
+        #: netecho.faults.Faults for the services that take faults, or None.
+        self.faults = faults
         self.guard = guard
         self.stop_word = stop_word
         self.on_stop_word = on_stop_word
@@ -222,6 +225,8 @@ class Served(policies.WrappingFactory):
                 return None
         session = super().buildProtocol(addr)
         session.limit_key = key
+        if self.faults is not None:
+            return self.faults.wrap(session)  # (the session itself when no stream faults are in force)
         return session
 
 
@@ -244,8 +249,11 @@ class ServedDatagrams(protocol.DatagramProtocol):
         stop_word: bytes = b"",
         on_stop_word: Callable[[], None] | None = None,
         log_data: bool = False,
+        faults=None,
     ) -> None:
         self.wrapped = wrapped
+        #: netecho.faults.Faults, or None.
+        self.faults = faults
         self.stats = stats
         self.guard = guard
         self.stop_word = stop_word if on_stop_word is not None else b""
@@ -281,6 +289,13 @@ class ServedDatagrams(protocol.DatagramProtocol):
         )
 
     def write(self, data: bytes, addr: tuple) -> None:
+        faults = self.faults
+        if faults is not None and faults.spec.datagram:
+            faults.send_datagram(self._send, data, addr)
+        else:
+            self._send(data, addr)
+
+    def _send(self, data: bytes, addr: tuple) -> None:
         try:
             self.transport.write(data, addr)
         except (OSError, error.MessageLengthError) as e:

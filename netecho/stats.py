@@ -41,6 +41,8 @@ class Stats:
         self.active: dict[str, int] = {}
         #: Bytes sent, by label (tcp, unix, udp, random, pb).
         self.bytes_sent: dict[str, int] = dict.fromkeys(ECHO_LABELS, 0)
+        #: Faults injected on purpose (--faults), by kind.
+        self.faults: dict[str, int] = {}
         #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
@@ -88,6 +90,10 @@ class Stats:
     def lookup_done(self, outcome: str) -> None:
         """A lookup() served over PB ended with C{outcome} (ok, error)."""
         self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
+
+    def fault(self, kind: str, n: int = 1) -> None:
+        """C{n} faults of C{kind} injected on purpose (netecho.faults)."""
+        self.faults[kind] = self.faults.get(kind, 0) + n
 
     def datagram_unsent(self, n: int) -> None:
         """A datagram of C{n} bytes counted by L{datagram_sent} could not be sent after all."""

@@ -31,6 +31,7 @@ from twisted.internet import defer
 from netecho.address import join_host_port
 from netecho.datagram import MAX_DATAGRAM, DatagramGuard
 from netecho.echo import DatagramEcho, EchoFactory
+from netecho.faults import Faults
 from netecho.policies import Served, ServedDatagrams
 from netecho.randomnum import RandomNumberFactory
 from netecho.stats import Stats
@@ -45,6 +46,9 @@ class RunningService:
     @ivar port: the port it got (None for Unix sockets).
     @ivar path: the Unix socket's path (None otherwise).
     @ivar stats: its live counters (L{netecho.stats.Stats}).
+    @ivar faults: its faults (L{netecho.faults.Faults}): C{.set("drop=0.2")},
+        C{.clear()} while the test runs (a stream connection takes the
+        faults in force when it connects; datagrams at once).
     """
 
     kind: str
@@ -53,6 +57,7 @@ class RunningService:
     path: str | None
     stats: Stats
     stop: Callable[[], defer.Deferred] = field(repr=False)
+    faults: Faults | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -87,29 +92,38 @@ def track_connections(factory: Served) -> Callable[[], defer.Deferred]:
     return drop_all
 
 
-def start(kind: str, reactor=None, stop_word: str = "STOP") -> RunningService:
+def start(kind: str, reactor=None, stop_word: str = "STOP", faults: str = "") -> RunningService:
     """
     Start a C{kind} service (C{tcp}, C{udp}, C{unix} or C{random}) on loopback.
     The caller must call (and wait for) C{.stop()}; L{tcp_echo} and friends
     do that through C{addCleanup}.
+
+    @param faults: a C{--faults} SPEC (C{"delay=50ms,slice=4"}; see the
+        README), empty for none; changeable later through C{.faults}.
+    @raise ValueError: an unknown service or a bad SPEC.
     """
     if reactor is None:
         from twisted.internet import reactor
     stats = Stats()
     word = stop_word.encode()
+    trouble = Faults(stats, faults, reactor)
     if kind == "udp":
         own_ports: set[int] = set()
-        served = ServedDatagrams(DatagramEcho(), stats, guard=DatagramGuard(stats, own_ports))
+        served = ServedDatagrams(DatagramEcho(), stats, guard=DatagramGuard(stats, own_ports), faults=trouble)
         port = reactor.listenUDP(0, served, interface="127.0.0.1", maxPacketSize=MAX_DATAGRAM)
         own_ports.add(port.getHost().port)
-        return RunningService("udp", "127.0.0.1", port.getHost().port, None, stats,
-                              lambda: defer.maybeDeferred(port.stopListening))
+
+        def stop_udp() -> defer.Deferred:
+            trouble.cancel()
+            return defer.maybeDeferred(port.stopListening)
+
+        return RunningService("udp", "127.0.0.1", port.getHost().port, None, stats, stop_udp, trouble)
     if kind not in ("tcp", "unix", "random"):
         raise ValueError(f"unknown service {kind!r} (tcp, udp, unix, random)")
     if kind == "random":
-        factory = Served(RandomNumberFactory(), stats, "random", stop_word=word)
+        factory = Served(RandomNumberFactory(), stats, "random", stop_word=word, faults=trouble)
     else:
-        factory = Served(EchoFactory(), stats, "echo", stop_word=word)
+        factory = Served(EchoFactory(), stats, "echo", stop_word=word, faults=trouble)
     drop_all = track_connections(factory)
     if kind == "unix":
         directory = tempfile.mkdtemp(prefix="netecho-")
@@ -127,12 +141,12 @@ def start(kind: str, reactor=None, stop_word: str = "STOP") -> RunningService:
             d.addBoth(lambda result: (shutil.rmtree(directory, ignore_errors=True), result)[1])
         return d
 
-    return RunningService(kind, host, number, path, stats, stop)
+    return RunningService(kind, host, number, path, stats, stop, trouble)
 
 
 def _for_testcase(kind: str):
-    def starter(testcase, reactor=None, stop_word: str = "STOP") -> RunningService:
-        service = start(kind, reactor, stop_word)
+    def starter(testcase, reactor=None, stop_word: str = "STOP", faults: str = "") -> RunningService:
+        service = start(kind, reactor, stop_word, faults)
         testcase.addCleanup(service.stop)
         return service
 

@@ -26,9 +26,12 @@ the tests pass on.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
 import sys
+import termios
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, EWOULDBLOCK
 from functools import lru_cache
 
@@ -338,3 +341,39 @@ def inherited_sockets() -> dict[str, int]:
     # LISTEN_FDNAMES out of the environment; its systemd parser keeps what
     # it found, and nothing public reads it.
     return endpoints._SystemdParser._sddaemon.inheritedNamedDescriptors()
+
+
+def unsent_bytes(transport) -> int:
+    """
+    Bytes written to a stream connection that its peer has not had yet:
+    what the transport still buffers, plus (TCP) what the kernel has not
+    sent or the peer not acknowledged (SIOCOUTQ). Through protocol
+    wrappers (Twisted's or netecho's), the transport underneath.
+    """
+    while not isinstance(transport, abstract.FileDescriptor) and hasattr(transport, "transport"):
+        transport = transport.transport
+    if not isinstance(transport, abstract.FileDescriptor):
+        return 0
+    # Private: FileDescriptor's write buffer (abstract.py).
+    pending = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    sock = getattr(transport, "socket", None)
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            pending += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            pass
+    return pending
+
+
+def reset_connection(transport) -> None:
+    """
+    Abort a stream connection with a TCP RST (SO_LINGER 0), as a crashed or
+    rebooted peer does; on anything but TCP, a plain abort.
+    """
+    try:
+        sock = transport.getHandle()
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    transport.abortConnection()

@@ -30,6 +30,7 @@ class MetricsTests(SynchronousTestCase):
         stats.dropped = {"udp_privileged_source_port": 4, "max_per_ip": 1}
         stats.rpc_outcomes = {("add", "ok"): 2, ("quit", "error"): 1}
         stats.lookups = {"ok": 5}
+        stats.fault("drop", 3)
         got = samples(stats)
         expected = {
             ("netecho_connections_total", (("service", "tcp"),)): 3,
@@ -45,6 +46,8 @@ class MetricsTests(SynchronousTestCase):
             ("netecho_rpc_calls_total", (("method", "quit"), ("outcome", "error"))): 1,
             ("netecho_lookups_total", (("outcome", "ok"),)): 5,
             ("netecho_lookups_total", (("outcome", "error"),)): 0,
+            ("netecho_faults_total", (("fault", "drop"),)): 3,
+            ("netecho_faults_total", (("fault", "reset_after"),)): 0,
         }
         for key, value in expected.items():
             self.assertEqual(got[key], value, key)

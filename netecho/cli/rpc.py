@@ -16,7 +16,7 @@ from netecho.address import join_host_port
 from netecho.cli.stream import host_port, positive
 from netecho.errors import UserError, dial_error
 
-CALLS = ("add", "subtract", "echo", "stats", "lookup", "quit")
+CALLS = ("add", "subtract", "echo", "stats", "lookup", "faults", "quit")
 
 
 def _signed(value: str) -> int:
@@ -131,6 +131,9 @@ async def _run_call(reactor, avatar, args, out, target: str) -> int:
     elif name == "lookup":
         for answer in await remote("lookup", *rest):
             say(answer["data"])
+    elif name == "faults":
+        in_force = await remote("faults", rest[0])
+        say(f"faults: {in_force or 'none'}")
     elif name == "quit":
         await remote("quit")
         say("server stopping")
@@ -160,7 +163,8 @@ def register(sub) -> None:
         description="Log in (anonymously, or as --user) and make one call. With no CALL: "
         "the classic demo, add and subtract of (17, 18, True, False). Calls: "
         "add A B, subtract A B (signed integers), echo TEXT, stats (JSON), "
-        "lookup NAME [TYPE], quit (authenticated users only). The password comes "
+        "lookup NAME [TYPE], faults SPEC (replace the daemon's --faults; '' clears them) and "
+        "quit (authenticated users only). The password comes "
         "from NETECHO_PASSWORD, --password-file, or a prompt on a terminal; "
         "never from the command line.",
     )
@@ -191,9 +195,10 @@ def call_problem(args: argparse.Namespace) -> str | None:
     if name not in CALLS:
         return f"unknown call {name!r} (choose from {', '.join(CALLS)})"
     wanted = {"add": (2, 2), "subtract": (2, 2), "echo": (1, 1), "stats": (0, 0),
-              "lookup": (1, 2), "quit": (0, 0)}[name]
+              "lookup": (1, 2), "faults": (1, 1), "quit": (0, 0)}[name]
     if not wanted[0] <= len(rest) <= wanted[1]:
-        usage = {"add": "A B", "subtract": "A B", "echo": "TEXT", "lookup": "NAME [TYPE]"}.get(name, "")
+        usage = {"add": "A B", "subtract": "A B", "echo": "TEXT", "lookup": "NAME [TYPE]",
+                 "faults": "SPEC  ('' to clear)"}.get(name, "")
         return f"usage: netecho rpc HOST:PORT {name} {usage}".rstrip()
     if name in ("add", "subtract"):
         for value in rest:
