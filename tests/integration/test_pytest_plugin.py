@@ -54,6 +54,23 @@ EXAMPLE = textwrap.dedent(
         assert 0 <= int(reply) < 2**31
 
 
+    @pytest_twisted.ensureDeferred
+    async def test_faulty(netecho_faulty_udp):
+        server = netecho_faulty_udp("drop=1")
+        try:
+            await threads.deferToThread(
+                roundtrip, socket.AF_INET, socket.SOCK_DGRAM, (server.host, server.port), b"d")
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("a datagram got through drop=1")
+        server.faults.clear()
+        reply = await threads.deferToThread(
+            roundtrip, socket.AF_INET, socket.SOCK_DGRAM, (server.host, server.port), b"d")
+        assert reply == b"d"
+        assert server.stats.faults == {"drop": 1}
+
+
     def test_fails_on_purpose(netecho_tcp):
         assert netecho_tcp.port == 0
     '''
@@ -70,7 +87,7 @@ class PytestPluginTests(TestCase):
              "-q", "test_example.py"],
             cwd=directory, capture_output=True, text=True, timeout=120,
         )
-        # Four pass; the one written to fail shows a failing test is reported as such.
-        self.assertIn("1 failed, 4 passed", out.stdout, out.stdout + out.stderr)
+        # Five pass; the one written to fail shows a failing test is reported as such.
+        self.assertIn("1 failed, 5 passed", out.stdout, out.stdout + out.stderr)
         self.assertIn("test_fails_on_purpose", out.stdout)
         self.assertNotIn("Dirty", out.stdout)
