@@ -196,6 +196,10 @@ class Faults:
         """Put C{spec} in force (raises ValueError for a bad one)."""
         self.spec = parse(spec) if isinstance(spec, str) else spec
         self.random = random.Random(self.spec.seed)
+        #: Whether datagram replies (stream connections) take faults now:
+        #: plain attributes, read for every datagram (every new connection).
+        self.datagram = self.spec.datagram
+        self.stream = self.spec.stream
         return self.spec
 
     def clear(self) -> None:
@@ -263,7 +267,7 @@ class Faults:
 
     def wrap(self, protocol):
         """C{protocol} inside a L{FaultyStream}, if stream faults are in force."""
-        if not self.spec.stream:
+        if not self.stream:
             return protocol
         return FaultyStream(self, protocol)
 

@@ -290,7 +290,7 @@ class ServedDatagrams(protocol.DatagramProtocol):
 
     def write(self, data: bytes, addr: tuple) -> None:
         faults = self.faults
-        if faults is not None and faults.spec.datagram:
+        if faults is not None and faults.datagram:
             faults.send_datagram(self._send, data, addr)
         else:
             self._send(data, addr)
