@@ -8,8 +8,9 @@ to a different question and one with QR=0, retries over TCP to whichever
 server comes next, keeps TCP connections open and re-arms a resolv.conf
 timer forever. Here a reply counts only when its ID, QR bit and question
 match what was asked; anything else is ignored and the wait goes on, as
-dnspython does. A truncated UDP reply is asked again over TCP of the same
-server.
+dnspython does; so is a reply whose records do not fit the message. A
+truncated UDP reply is asked again over TCP of the same server. Queries in
+flight to one server share one UDP socket (L{Upstreams}).
 
 L{query} and L{lookup} are the API (the CLI and a server-side RPC use
 them); every failure a user can act on is a L{UserError} with one line.
@@ -283,10 +284,34 @@ del _base, _skip, _names, _cls
 
 
 class _Message(dns.Message):
-    """A L{dns.Message} whose rdata names keep their label boundaries."""
+    """
+    A L{dns.Message} whose rdata names keep their label boundaries and
+    whose records must fit the message: twisted.names reads a record's
+    data without checking it against its rdlength or the end of the
+    packet, and stops quietly at the end of the packet when fewer records
+    came than the header counts. Here either makes the message malformed
+    (as dnspython's FormError does), so it is ignored like other bogus
+    replies. A truncated (TC) reply is exempt: only its flag is used.
+    """
 
     def lookupRecordType(self, type: int):
         return _LABELLED.get(type) or super().lookupRecordType(type)
+
+    def parseRecords(self, list, num, strio) -> None:
+        if self.trunc:
+            return super().parseRecords(list, num, strio)
+        end = len(strio.getvalue())
+        for _ in range(num):
+            header = dns.RRHeader(auth=self.auth)
+            header.decode(strio)  # EOFError: fewer records than counted
+            start = strio.tell()
+            if start + header.rdlength > end:
+                raise ValueError("record data runs past the end of the message")
+            header.payload = self.lookupRecordType(header.type)(ttl=header.ttl)
+            header.payload.decode(strio, header.rdlength)
+            if strio.tell() != start + header.rdlength:
+                raise ValueError("record data does not match its length")
+            list.append(header)
 
 
 def is_reply_to(reply: dns.Message, sent: dns.Message) -> bool:
@@ -330,30 +355,116 @@ class _Failed(Exception):
     """The server cannot answer this (refused connection, error code)."""
 
 
-class _UDPExchange(protocol.DatagramProtocol):
-    """A connected UDP socket: the kernel passes only the server's datagrams."""
+class _SharedUDP(protocol.DatagramProtocol):
+    """
+    A connected UDP socket to one server (the kernel passes only its
+    datagrams), shared by every query in flight to it: a datagram answers
+    the queries whose ID, QR bit and question it matches.
+    """
 
     noisy = False
 
-    def __init__(self, sent: dns.Message) -> None:
-        self.sent = sent
-        self.reply: defer.Deferred = defer.Deferred()
+    def __init__(self, upstreams: "Upstreams", server: tuple[str, int]) -> None:
+        self.upstreams = upstreams
+        self.server = server
+        #: query ID -> [(query, Deferred of its reply)]
+        self.waiting: dict[int, list[tuple[dns.Message, defer.Deferred]]] = {}
+        #: Queries using this socket now.
+        self.users = 0
         self.closing = False
+        self.port = None
 
     def datagramReceived(self, data: bytes, addr) -> None:
-        reply = parse_reply(data, self.sent)
-        if reply is not None and not self.reply.called:
-            self.reply.callback(reply)
+        if len(data) < 12:
+            return
+        for sent, d in list(self.waiting.get(struct.unpack("!H", data[:2])[0], ())):
+            if not d.called:
+                reply = parse_reply(data, sent)
+                if reply is not None:
+                    d.callback(reply)
 
     def connectionRefused(self) -> None:
-        if not self.reply.called:
-            self.reply.errback(_Failed("connection refused"))
+        # The server's port is closed: every query waiting on it fails, and
+        # the next query opens a new socket.
+        self.upstreams._forget(self)
+        for waiters in list(self.waiting.values()):
+            for _, d in list(waiters):
+                if not d.called:
+                    d.errback(_Failed("connection refused"))
 
     def stopProtocol(self) -> None:
         # The epoll reactor reports a connected socket's ICMP error by
         # closing the port without connectionRefused (see cli/udp.py).
         if not self.closing:
             self.connectionRefused()
+
+
+class Upstreams:
+    """
+    The UDP sockets of the queries in flight: one per server, shared by
+    every query to it, opened by the first and closed when the last is
+    done. A server process that looks up names for many clients keeps one
+    descriptor per server, not one per query.
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+        self._sockets: dict[tuple[str, int], _SharedUDP] = {}
+
+    def _forget(self, shared: _SharedUDP) -> None:
+        if self._sockets.get(shared.server) is shared:
+            del self._sockets[shared.server]
+
+    def _open(self, server: tuple[str, int]) -> _SharedUDP:
+        shared = self._sockets.get(server)
+        if shared is not None:
+            return shared
+        host, port = server
+        shared = _SharedUDP(self, server)
+        # No EDNS is sent, so a reply is at most 512 bytes; read more anyway.
+        shared.port = self.reactor.listenUDP(
+            0, shared, interface="::" if ":" in host else "", maxPacketSize=65535)
+        try:
+            shared.port.connect(host, port)
+        except OSError as e:
+            shared.closing = True
+            shared.port.stopListening()
+            raise _Failed((e.strerror or str(e)).lower()) from None
+        self._sockets[server] = shared
+        return shared
+
+    async def ask(self, server: tuple[str, int], sent: dns.Message, timeout: float) -> dns.Message:
+        """
+        Send C{sent} to C{server} over UDP and return the first reply to it.
+
+        @raise _NoReply: none within C{timeout} seconds.
+        @raise _Failed: the server refused (ICMP) or the send failed.
+        """
+        shared = self._open(server)
+        shared.users += 1
+        reply: defer.Deferred = defer.Deferred()
+        waiters = shared.waiting.setdefault(sent.id, [])
+        waiters.append((sent, reply))
+        try:
+            try:
+                shared.port.write(sent.toStr())
+            except OSError as e:
+                raise _Failed((e.strerror or str(e)).lower()) from None
+            reply.addTimeout(timeout, self.reactor)
+            try:
+                return await reply
+            except defer.TimeoutError:
+                raise _NoReply() from None
+        finally:
+            waiters.remove((sent, reply))
+            if not waiters and shared.waiting.get(sent.id) is waiters:
+                del shared.waiting[sent.id]
+            shared.users -= 1
+            if not shared.users and not shared.closing:
+                self._forget(shared)
+                shared.closing = True
+                # Wait for the close, so nothing is left on the reactor.
+                await defer.maybeDeferred(shared.port.stopListening)
 
 
 class _TCPExchange(basic.Int16StringReceiver):
@@ -376,28 +487,6 @@ class _TCPExchange(basic.Int16StringReceiver):
         if not self.reply.called:
             self.reply.errback(_Failed("connection closed by the server"))
         self.lost.callback(None)
-
-
-async def _ask_udp(reactor, server: tuple[str, int], sent: dns.Message, timeout: float) -> dns.Message:
-    host, port = server
-    exchange = _UDPExchange(sent)
-    # No EDNS is sent, so a reply is at most 512 bytes; read more anyway.
-    udp = reactor.listenUDP(0, exchange, interface="::" if ":" in host else "", maxPacketSize=65535)
-    try:
-        try:
-            udp.connect(host, port)
-            udp.write(sent.toStr())
-        except OSError as e:
-            raise _Failed((e.strerror or str(e)).lower()) from None
-        d = exchange.reply
-        d.addTimeout(timeout, reactor)
-        try:
-            return await d
-        except defer.TimeoutError:
-            raise _NoReply() from None
-    finally:
-        exchange.closing = True
-        await defer.maybeDeferred(udp.stopListening)
 
 
 async def _ask_tcp(reactor, server: tuple[str, int], sent: dns.Message, timeout: float) -> dns.Message:
@@ -425,10 +514,12 @@ async def _ask_tcp(reactor, server: tuple[str, int], sent: dns.Message, timeout:
         await exchange.lost
 
 
-async def _ask(reactor, server: tuple[str, int], sent: dns.Message, tcp: bool, timeout: float) -> dns.Message:
+async def _ask(
+    reactor, upstreams: Upstreams, server: tuple[str, int], sent: dns.Message, tcp: bool, timeout: float
+) -> dns.Message:
     """One try: UDP (TCP if asked, or when the UDP reply is truncated)."""
     if not tcp:
-        reply = await _ask_udp(reactor, server, sent, timeout)
+        reply = await upstreams.ask(server, sent, timeout)
         if not reply.trunc:
             return reply
     return await _ask_tcp(reactor, server, sent, timeout)
@@ -443,6 +534,7 @@ async def exchange(
     tcp: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
+    upstreams: Upstreams | None = None,
 ) -> tuple[dns.Message, tuple[str, int]]:
     """
     Ask C{servers} for C{qname}/C{qtype}; return the first reply that is
@@ -452,7 +544,10 @@ async def exchange(
     in turn, waiting C{timeout} seconds each (as resolv.conf's attempts and
     timeout do); a server that refused or answered with an error code is
     not asked again. C{name} is the name as the user wrote it, for errors.
+    C{upstreams} holds the UDP sockets to share (by default, this call's own).
     """
+    if upstreams is None:
+        upstreams = Upstreams(reactor)
     sent = dns.Message(dns.randomSource(), recDes=1)
     sent.queries = [dns.Query(qname, qtype, dns.IN)]
     failures: dict[tuple[str, int], str] = {}
@@ -460,7 +555,7 @@ async def exchange(
     for _ in range(retries + 1):
         for server in list(running):
             try:
-                reply = await _ask(reactor, server, sent, tcp, timeout)
+                reply = await _ask(reactor, upstreams, server, sent, tcp, timeout)
             except _NoReply:
                 continue
             except _Failed as e:
@@ -584,13 +679,15 @@ async def query(
     retries: int = DEFAULT_RETRIES,
     resolv_conf: str = RESOLV_CONF,
     hosts_file: str = HOSTS_FILE,
+    upstreams: Upstreams | None = None,
 ) -> Result:
     """
     Look C{name} up. C{rrtype} is a key of L{TYPES}, L{HOST} (A and AAAA
     addresses, CNAMEs followed) or L{IP} (the names of an address).
     C{servers} are (IP, port) pairs asked in order; None means the
     system's resolver: the hosts file first (A, AAAA and addresses' names),
-    then the servers of C{resolv_conf}.
+    then the servers of C{resolv_conf}. C{upstreams}: the UDP sockets to
+    share with other lookups (one per server; by default this call's own).
 
     @raise UserError: with the line to show, e.g. C{lookup NAME: no such
         host}, C{lookup NAME: no MX record}, C{Not a valid IP address!}.
@@ -624,7 +721,9 @@ async def query(
         if answers:
             return Result(name, shown, hosts_file, answers)
 
-    args = (servers, tcp, timeout, retries)
+    if upstreams is None:
+        upstreams = Upstreams(reactor)  # A and AAAA of `host` share it
+    args = (servers, tcp, timeout, retries, upstreams)
     if rrtype == HOST:
         return await _host(reactor, name, qname, shown, *args)
     reply, server = await exchange(reactor, name, qname, qtypes[0], *args)

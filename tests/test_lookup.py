@@ -13,7 +13,7 @@ import struct
 import sys
 import tempfile
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.names import dns
 from twisted.protocols import basic
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -99,6 +99,17 @@ def serve(testcase: TestCase, behave, tcp_behave=None, host: str = "127.0.0.1") 
         testcase.addCleanup(listening.stopListening)
         return udp, (host, number)
     raise RuntimeError("no port free for both UDP and TCP")
+
+
+def overrun(reply: bytes) -> bytes:
+    """C{reply} (one A record, last) with that record's rdlength running past the end."""
+    return reply[:-6] + struct.pack("!H", 200) + reply[-4:]
+
+
+def miscounted(reply: bytes) -> bytes:
+    """C{reply} whose header counts one more answer than it holds."""
+    (answers,) = struct.unpack("!H", reply[6:8])
+    return reply[:6] + struct.pack("!H", answers + 1) + reply[8:]
 
 
 def free_udp_port() -> int:
@@ -198,6 +209,20 @@ class ReplyCheckTests(SynchronousTestCase):
         self.assertIsNone(self.parse(reply_to(self.sent, question=None)))  # NOERROR needs the question
         self.assertIsNone(self.parse(b"\x04\xd2junk"))
         self.assertIsNone(self.parse(b""))
+
+    def test_records_must_fit_the_message(self):
+        good = reply_to(self.sent, a_records(self.sent, "192.0.2.1"))
+        self.assertIsNotNone(lookup.parse_reply(good, self.sent))
+        self.assertIsNone(lookup.parse_reply(overrun(good), self.sent))
+        self.assertIsNone(lookup.parse_reply(miscounted(good), self.sent))
+        # A record whose data is longer than its type's: malformed too.
+        longer = good[:-6] + struct.pack("!H", 5) + good[-4:] + b"\x00"
+        self.assertIsNone(lookup.parse_reply(longer, self.sent))
+        # A truncated reply is used for its TC flag only: a cut record is fine there.
+        cut = dns.Message(self.sent.id, answer=1, trunc=1)
+        cut.queries = list(self.sent.queries)
+        cut.answers = a_records(self.sent, "192.0.2.1")
+        self.assertTrue(lookup.parse_reply(cut.toStr()[:-2], self.sent).trunc)
 
     def test_error_without_question_accepted(self):
         self.assertIsNotNone(self.parse(reply_to(self.sent, rcode=dns.EFORMAT, question=None)))
@@ -312,6 +337,41 @@ class QueryTests(TestCase):
         result = await lookup.query(reactor, "www.example", "A", [address], **FAST)
         self.assertEqual(result.lines(), ["192.0.2.1"])
         self.assertEqual(len(server.queries), 1)
+
+    async def test_records_overrunning_the_message_ignored(self):
+        """Issue 13, item 15: a record whose data runs past the packet's end is malformed."""
+        server, address = serve(self, lambda q: [
+            overrun(reply_to(q, a_records(q, "1.2.3.4"))),
+            miscounted(reply_to(q, a_records(q, "1.2.3.5"))),
+            reply_to(q, a_records(q, "192.0.2.1")),
+        ])
+        result = await lookup.query(reactor, "www.example", "A", [address], **FAST)
+        self.assertEqual(result.lines(), ["192.0.2.1"])
+
+    async def test_only_overrunning_replies_time_out(self):
+        await self.assertFails(
+            lambda q: [overrun(reply_to(q, a_records(q, "1.2.3.4")))],
+            "lookup www.example on SERVER: timed out (2 tries of 0.3s)",
+        )
+
+    async def test_queries_in_flight_share_one_socket(self):
+        """Lookups given one L{lookup.Upstreams} use one UDP socket per server."""
+        sources = set()
+
+        def behave(q):
+            return [reply_to(q, a_records(q, "192.0.2.1"))]
+
+        server, address = serve(self, behave)
+        original = server.datagramReceived
+        server.datagramReceived = lambda data, addr: (sources.add(addr), original(data, addr))
+        upstreams = lookup.Upstreams(reactor)
+        results = await defer.gatherResults([
+            defer.ensureDeferred(lookup.query(reactor, f"n{i}.example", "A", [address], upstreams=upstreams, **FAST))
+            for i in range(50)
+        ])
+        self.assertEqual({tuple(r.lines()) for r in results}, {("192.0.2.1",)})
+        self.assertEqual(len(sources), 1)
+        self.assertEqual(upstreams._sockets, {})  # closed with the last query
 
     async def test_only_wrong_replies_time_out(self):
         await self.assertFails(

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from twisted.internet import reactor
@@ -23,6 +24,7 @@ from twisted.trial.unittest import TestCase
 from netecho import lookup
 from netecho.errors import UserError
 from tests import peers
+from tests.test_lookup import a_records, overrun, reply_to
 
 ZONES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zones")
 ZONE_FILES = {
@@ -311,4 +313,56 @@ class CommandTests(TestCase):
              "nx.netecho.test error: lookup nx.netecho.test: no such host",
              "bücher.netecho.test 192.0.2.30",
              "mail.netecho.test 192.0.2.25"],
+        )
+
+
+class MalformedReplyTests(TestCase):
+    """
+    Issue 13, item 15: the real command, asking a server on 127.0.0.1 that
+    first sends a reply with the right ID and question but an A record
+    whose rdlength runs past the end of the packet.
+    """
+
+    def serve(self, replies) -> int:
+        """A UDP server in a thread answering each query with C{replies(query)}; its port."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.1)
+        stop = threading.Event()
+
+        def run():
+            while not stop.is_set():
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except socket.timeout:
+                    continue
+                query = dns.Message()
+                query.fromStr(data)
+                for datagram in replies(query):
+                    sock.sendto(datagram, addr)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def close():
+            stop.set()
+            thread.join(5)
+            sock.close()
+
+        self.addCleanup(close)
+        return sock.getsockname()[1]
+
+    def test_overrunning_record_ignored_for_the_genuine_reply(self):
+        port = self.serve(lambda q: [overrun(reply_to(q, a_records(q, "1.2.3.4"))),
+                                     reply_to(q, a_records(q, "192.0.2.1"))])
+        out = netecho_lookup("a", "www.example", "--server", f"127.0.0.1:{port}", "--retries", "0")
+        self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "192.0.2.1\n", ""))
+
+    def test_only_an_overrunning_reply_times_out(self):
+        port = self.serve(lambda q: [overrun(reply_to(q, a_records(q, "1.2.3.4")))])
+        out = netecho_lookup("a", "www.example", "--server", f"127.0.0.1:{port}",
+                             "--timeout", "0.5", "--retries", "0")
+        self.assertEqual(
+            (out.returncode, out.stdout, out.stderr),
+            (100, "", f"lookup www.example on 127.0.0.1:{port}: timed out (1 try of 0.5s)\n"),
         )
