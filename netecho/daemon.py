@@ -5,17 +5,26 @@ The daemon's top service: starting every listener or none, signals,
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import signal
+import sys
+import time
+from typing import Callable
 
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import FileLogObserver, Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import FileLogObserver, ILogObserver, Logger, formatEvent, textFileLogObserver
+from twisted.python import logfile
+from zope.interface import provider
 
+from netecho.address import join_host_port, unmap
 from netecho.listeners import ListenerError
 from netecho.notify import sd_notify
 from netecho.stats import Stats
+from netecho.throttle import ThrottledLog
 
 log = Logger()
 
@@ -34,23 +43,214 @@ def report_fatal(message: str) -> None:
         os.write(2, f"netecho: {message}\n".encode("utf-8", "backslashreplace"))
 
 
-def use_json_log(publisher=None) -> int:
-    """
-    Turn twistd's text log files into JSON ones (twisted.logger's
-    jsonFileLogObserver: one record a line, for log shippers), writing where
-    twistd's observers wrote. twistd offers no option for this; its
-    observers are there by the time services start.
+#: Old log files twistd's size-based rotation (and SIGUSR1) keeps:
+#: LOG.1 ... LOG.10, 1 MB each (twistd's own default keeps every one).
+ROTATED_LOG_FILES = 10
 
-    @return: how many observers were switched.
+#: Twisted's accept loop (twisted.internet.tcp._accept) logs these when the
+#: process is out of file descriptors: two lines per refusal burst and one
+#: per refused client. Each maps to the drop it counts as (None: not counted).
+ACCEPT_EVENTS = {
+    "EMFILE encountered; releasing reserved file descriptor.": None,
+    "EMFILE recovery: Closed socket from {address}": "fd_limit",
+    "Re-reserving EMFILE recovery file descriptor.": None,
+    "Could not accept new connection ({acceptError})": "accept_error",
+}
+
+#: Fields of a twisted.logger event that become C{time}, C{level}, C{logger}
+#: and C{msg} (or are objects) in a JSON line; C{log_format} and
+#: C{log_namespace} are kept for readers of the earlier JSON format.
+_JSON_HIDDEN = frozenset(
+    ("log_time", "log_level", "log_logger", "log_source", "log_failure", "log_io",
+     "log_trace", "log_legacy", "log_text", "log_flattened", "log_system", "time",
+     "level", "logger", "msg", "message", "format", "isError", "failure", "why", "system")
+)
+
+
+def json_line(event: dict) -> str:
     """
-    publisher = publisher if publisher is not None else globalLogPublisher
-    switched = 0
-    for observer in list(publisher._observers):
-        if isinstance(observer, FileLogObserver):
-            publisher.removeObserver(observer)
-            publisher.addObserver(jsonFileLogObserver(observer._outFile))
-            switched += 1
-    return switched
+    One log event as one line of JSON (NDJSON, no RFC 7464 record
+    separator): C{time} (ISO 8601, UTC), C{level}, C{logger} (the
+    namespace), C{msg} (the rendered text), C{traceback} for a failure,
+    then the event's own fields.
+    """
+    when = event.get("log_time")
+    if not isinstance(when, (int, float)):
+        when = time.time()
+    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    level = event.get("log_level")
+    record = {
+        "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": getattr(level, "name", "info"),
+        "logger": event.get("log_namespace", "-"),
+        "msg": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["traceback"] = failure.getTraceback()
+        except Exception:
+            record["traceback"] = repr(failure)
+    for key, value in event.items():
+        if key in _JSON_HIDDEN or key.startswith("_") or key in record:
+            continue
+        if key.startswith("log_") and key not in ("log_format", "log_namespace"):
+            continue
+        record[key] = value
+    try:
+        return json.dumps(record, default=repr) + "\n"
+    except (TypeError, ValueError):  # e.g. a dict with tuple keys
+        return json.dumps({k: v if isinstance(v, str) else repr(v) for k, v in record.items()}) + "\n"
+
+
+class TwistdLog:
+    """
+    twistd's log as netecho writes it: twistd's C{--logfile} (standard
+    output with C{--nodaemon} and no file, or C{-}), as text or as JSON
+    lines, on a log file that SIGHUP reopens at its path (what logrotate
+    expects after it moved the file) and that size-based rotation and
+    SIGUSR1 rotate keeping L{ROTATED_LOG_FILES} old files. Twisted's
+    out-of-descriptors lines become one rate-limited line, and counted
+    refusals once L{count_refusals} is called.
+
+    twistd builds its log observer before the service starts, from the
+    factory named by its public C{--logger} option: L{use_for_twistd}
+    names L{twistd_observer}, which builds this one's observer.
+    """
+
+    def __init__(self, twistd_options, log_format: str = "text") -> None:
+        self.twistd_options = twistd_options
+        self.log_format = log_format
+        self.log_file: logfile.LogFile | None = None
+        self._refused: Callable[[str], None] | None = None
+        self._throttled = ThrottledLog(log)
+
+    def observer(self):
+        """The observer twistd starts logging to (called once, by twistd)."""
+        options = self.twistd_options
+        path = options.get("logfile") or ""
+        nodaemon = options.get("nodaemon", False)
+        if path == "-" and not nodaemon:
+            sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
+        if path == "-" or (nodaemon and not path):
+            out = sys.stdout
+        else:
+            self.log_file = logfile.LogFile.fromFullPath(
+                path or "twistd.log", maxRotatedFiles=ROTATED_LOG_FILES
+            )
+            out = self.log_file
+        if self.log_format == "json":
+            observer = FileLogObserver(out, json_line)
+        else:
+            observer = textFileLogObserver(out)
+        self._install_signals()
+        return self._filtered(observer)
+
+    def count_refusals(self, refused: Callable[[str], None]) -> None:
+        """Count accepts refused for want of descriptors with C{refused(reason)}."""
+        self._refused = refused
+
+    def _filtered(self, observer):
+        accept_events = ACCEPT_EVENTS
+
+        @provider(ILogObserver)
+        def observe(event):
+            fmt = event.get("log_format")
+            if fmt in accept_events:
+                self._accept_failed(event, accept_events[fmt])
+                return
+            observer(event)
+
+        return observe
+
+    def _accept_failed(self, event, reason: str | None) -> None:
+        if reason is None:
+            return
+        if self._refused is not None:
+            self._refused(reason)
+        if reason == "fd_limit":
+            address = event.get("address")
+            if isinstance(address, tuple) and len(address) >= 2:
+                address = join_host_port(unmap(str(address[0])), address[1])
+            self._throttled.warn(
+                reason,
+                "out of file descriptors: refused a connection from {address} "
+                "(raise the limit: LimitNOFILE= or ulimit -n)",
+                address=address or "a Unix socket client",
+            )
+        else:
+            self._throttled.warn(
+                reason, "could not accept a connection: {error}", error=event.get("acceptError", "?")
+            )
+
+    def _install_signals(self) -> None:
+        # twistd installs its SIGUSR1 rotation only for its own observer,
+        # and with --logfile=- nothing: SIGUSR1 then killed the daemon.
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        from twisted.internet import reactor
+
+        # Never touch the file or log from inside a signal handler (it may
+        # have interrupted a write): do it on the reactor's next turn.
+        reactor.callFromThread(self.handle_signal, signum)
+
+    def handle_signal(self, signum: int) -> None:
+        """SIGHUP: reopen the log file at its path; SIGUSR1: rotate it."""
+        name = signal.Signals(signum).name
+        if self.log_file is None:
+            what = "no file to reopen" if signum == signal.SIGHUP else "no file to rotate"
+            log.info("{signal} ignored: the log goes to standard output, {what}", signal=name, what=what)
+            return
+        try:
+            if signum == signal.SIGHUP:
+                self.log_file.reopen()
+                done = "reopened"
+            else:
+                self.log_file.rotate()
+                done = "rotated"
+        except OSError as e:
+            log.error("{signal}: cannot {action} {path}: {why}", signal=name,
+                      action="reopen" if signum == signal.SIGHUP else "rotate",
+                      path=self.log_file.path, why=e.strerror or e)
+            return
+        log.info("{signal}: log file {path} {done}; still serving", signal=name,
+                 path=self.log_file.path, done=done)
+
+
+#: The log twistd was told to build through C{--logger} (L{use_for_twistd}).
+_twistd_log: TwistdLog | None = None
+
+
+def twistd_observer():
+    """twistd's C{--logger} factory: the observer of L{use_for_twistd}'s log."""
+    if _twistd_log is None:
+        raise RuntimeError("netecho's log was not configured (netecho.daemon.use_for_twistd)")
+    return _twistd_log.observer()
+
+
+def use_for_twistd(twistd_options, log_format: str) -> TwistdLog | None:
+    """
+    Have twistd log through netecho's L{TwistdLog} (in C{log_format}) by
+    naming L{twistd_observer} as its C{--logger}; called while twistd parses
+    its options. Nothing changes when twistd was told to log elsewhere
+    (C{--logger}, C{--syslog}).
+
+    @return: the log, or None when twistd logs elsewhere.
+    @raise ValueError: C{log_format} is json and twistd logs elsewhere.
+    """
+    global _twistd_log
+    if twistd_options is None:
+        return None
+    for option in ("logger", "syslog"):
+        if twistd_options.get(option):
+            if log_format == "json":
+                raise ValueError(f"cannot be json with twistd's --{option}, which picks the log's format")
+            return None
+    _twistd_log = TwistdLog(twistd_options, log_format)
+    twistd_options["logger"] = f"{__name__}.twistd_observer"
+    return _twistd_log
 
 
 class NetechoService(service.MultiService):
@@ -66,21 +266,21 @@ class NetechoService(service.MultiService):
         stats: Stats,
         exit_on_stop: bool = False,
         stop_signal: int | None = None,
-        log_format: str = "text",
+        twistd_log: TwistdLog | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.stats = stats
         self.exit_on_stop = exit_on_stop
         self.stop_signal = stop_signal
-        self.log_format = log_format
+        self.twistd_log = twistd_log
         self._stopping = False
         self._notifier: task.LoopingCall | None = None
         self._watchdog = False
 
     def privilegedStartService(self) -> None:
-        if self.log_format == "json":
-            use_json_log()
+        if self.twistd_log is not None:
+            self.twistd_log.count_refusals(self.stats.drop)
         started = []
         try:
             for child in self:
@@ -147,16 +347,12 @@ class NetechoService(service.MultiService):
 
     def _install_signals(self) -> None:
         reactor = self.reactor
-        rotate = signal.getsignal(signal.SIGUSR1)
-
-        def on_hup(signum, frame):
-            # twistd rotates (reopens) its --logfile on SIGUSR1; SIGHUP does
-            # the same here instead of killing the daemon.
-            if callable(rotate):
-                rotate(signum, frame)
-            reactor.callFromThread(log.info, "SIGHUP: log reopened, still serving")
-
-        signal.signal(signal.SIGHUP, on_hup)
+        # With netecho's log (TwistdLog) SIGHUP and SIGUSR1 reopen and rotate
+        # it. Otherwise (twistd's --syslog or --logger) they must still
+        # neither stop the daemon (SIGHUP's default) nor kill it (SIGUSR1's).
+        for signum in (signal.SIGHUP, signal.SIGUSR1):
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                signal.signal(signum, self._on_log_signal)
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
 
@@ -164,6 +360,12 @@ class NetechoService(service.MultiService):
                 reactor.callFromThread(self.stop_daemon, f"{name} received")
 
             signal.signal(self.stop_signal, on_stop)
+
+    def _on_log_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        self.reactor.callFromThread(
+            log.info, "{signal} ignored: twistd's --syslog or --logger writes the log", signal=name
+        )
 
     def stop_word_heard(self) -> None:
         """A client said the stop word and C{--exit-on-stop} is on."""

@@ -13,6 +13,8 @@ import errno
 import os
 import socket
 import stat
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -31,9 +33,103 @@ class ListenerError(Exception):
     """A listener could not start; the message is the line users see."""
 
 
+#: The listen backlog where net.core.somaxconn cannot be read (Linux's
+#: default for it since 5.4).
+FALLBACK_BACKLOG = 4096
+
+#: SO_RCVBUFFORCE (Linux; Python names it only from 3.12 on).
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+
+
+def default_backlog(path: str = "/proc/sys/net/core/somaxconn") -> int:
+    """The kernel's cap on listen backlogs (net.core.somaxconn), else 4096."""
+    try:
+        with open(path) as f:
+            value = int(f.read())
+    except (OSError, ValueError):
+        return FALLBACK_BACKLOG
+    return value if value > 0 else FALLBACK_BACKLOG
+
+
 def _escape(text: str) -> str:
     """Quote a value for use inside an endpoint description."""
     return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _fields(description: str) -> list[str]:
+    """The colon-separated fields of an endpoint description, escapes kept."""
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in description:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            fields.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    fields.append("".join(current))
+    return fields
+
+
+def _keyword(description: str, name: str) -> str | None:
+    """The value of C{name=...} in an endpoint description, or None."""
+    for field in _fields(description)[1:]:
+        key, eq, value = field.partition("=")
+        if eq and key == name:
+            return value
+    return None
+
+
+def with_backlog(description: str, backlog: int | None) -> str:
+    """
+    C{description} with C{backlog=} added, if its endpoint type takes one
+    (tcp, tcp6, unix, ssl, haproxy:...; not systemd:, whose socket is
+    already listening) and the description has none of its own.
+    """
+    if backlog is None or _keyword(description, "backlog") is not None:
+        return description
+    candidate = f"{description}:backlog={backlog}"
+    try:
+        endpoints.serverFromString(None, candidate)
+    except Exception:  # this endpoint type takes no backlog
+        return description
+    return candidate
+
+
+def unix_socket_mode(description: str) -> int | None:
+    """The file mode a C{unix:} (or C{haproxy:unix:}) description binds with; None for others."""
+    fields = _fields(description)
+    if fields[0] == "haproxy":
+        fields = fields[1:]
+    if not fields or fields[0] != "unix":
+        return None
+    mode = _keyword(":".join(fields), "mode")
+    try:
+        return int(mode, 8) if mode is not None else 0o666  # Twisted's default
+    except ValueError:
+        return None
+
+
+@contextmanager
+def umask_at_most(mode: int | None):
+    """
+    Run the block with a umask that lets new files be at most C{mode}
+    (the current umask tightened, never loosened), so that a Unix socket is
+    never more open than its mode between bind() and Twisted's chmod().
+    """
+    if mode is None:
+        yield
+        return
+    old = os.umask(0o777)
+    os.umask(old | (~mode & 0o777))
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @dataclass(frozen=True)
@@ -57,9 +153,12 @@ class Listener:
         return f"--{self.option} {self.value}"
 
 
-def stream_listener(option: str, value: str, loopback_only: bool = False) -> Listener:
+def stream_listener(
+    option: str, value: str, loopback_only: bool = False, backlog: int | None = None
+) -> Listener:
     """
-    The listener for C{--tcp}, C{--random}, C{--pb}, C{--metrics} values.
+    The listener for C{--tcp}, C{--random}, C{--pb}, C{--metrics} values,
+    with C{backlog} (L{with_backlog}) unless None.
 
     @raise ValueError: the value is neither a port nor a valid endpoint.
     """
@@ -75,14 +174,14 @@ def stream_listener(option: str, value: str, loopback_only: bool = False) -> Lis
     else:
         description = value
     _check_endpoint(value, description)
-    return Listener(option, value, description)
+    return Listener(option, value, with_backlog(description, backlog))
 
 
-def unix_listener(value: str, mode: int) -> Listener:
+def unix_listener(value: str, mode: int, backlog: int | None = None) -> Listener:
     """
     The listener for a C{--unix} value: a path, or an endpoint description
     (C{unix:...}, C{systemd:...}). A path or a C{unix:} endpoint without its
-    own C{mode=} gets C{mode}.
+    own C{mode=} gets C{mode}; and C{backlog} as L{stream_listener} does.
     """
     if value.startswith("unix:"):
         description = value
@@ -95,7 +194,7 @@ def unix_listener(value: str, mode: int) -> Listener:
             raise ValueError("empty path")
         description = f"unix:{_escape(value)}:mode={mode:o}:lockfile=1"
     _check_endpoint(value, description)
-    return Listener("unix", value, description)
+    return Listener("unix", value, with_backlog(description, backlog))
 
 
 def udp_listener(value: str) -> Listener:
@@ -166,7 +265,8 @@ class StreamListenerService(service.Service):
         if path is not None:
             reclaim_unix_path(path, self.listener.label)
         outcome: list = []
-        d = self.endpoint.listen(self.factory)
+        with umask_at_most(unix_socket_mode(self.listener.description)):
+            d = self.endpoint.listen(self.factory)
         d.addBoth(outcome.append)
         if outcome and isinstance(outcome[0], failure.Failure):
             e = outcome[0].value
@@ -190,40 +290,101 @@ class StreamListenerService(service.Service):
 
 def reclaim_unix_path(path: str, label: str) -> None:
     """
-    Make C{path} free for a new Unix socket: remove a stale socket (nobody
-    accepts on it), refuse a live one, never touch anything but a socket.
+    Make C{path} free for a new Unix socket. A socket nobody accepts on is
+    stale whatever its lock file (C{PATH.lock}) says: the PID there may
+    have been reused by an unrelated process since its server was killed
+    (or be PID 1 in a container). Decide first, delete after: a live
+    socket or anything that is not a socket is refused and nothing is
+    removed; a stale socket and its stale lock are removed.
 
     @raise ListenerError: the path is in use or is not a socket.
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        st = None
     except OSError as e:
         raise ListenerError(f"cannot listen on {label}: {e.strerror.lower()}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ListenerError(
-            f"cannot listen on {label}: {path} exists and is not a socket (not replacing it)"
-        )
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListenerError(
+                f"cannot listen on {label}: {path} exists and is not a socket (not replacing it)"
+            )
+        if _accepting(path, label):
+            raise ListenerError(f"cannot listen on {label}: in use by a live server")
+    # Decided: nobody accepts on path.
+    _remove_stale_lock(path + ".lock", label)
+    if st is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        log.info("{label}: removed stale socket {path}", label=label, path=path)
+
+
+def _accepting(path: str, label: str) -> bool:
+    """Whether a server accepts on the Unix socket at C{path}."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(2)
     try:
         probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        log.info("{label}: removed stale socket {path}", label=label, path=path)
-        return
-    except FileNotFoundError:
-        return
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM):
             raise ListenerError(f"cannot listen on {label}: permission denied") from None
-        # A timeout means a live but busy server: leave it alone.
-        raise ListenerError(f"cannot listen on {label}: in use by a live server") from None
-    else:
-        raise ListenerError(f"cannot listen on {label}: in use by a live server")
+        return True  # a timeout: a live but busy server
     finally:
         probe.close()
+    return True
+
+
+def _remove_stale_lock(lock: str, label: str) -> None:
+    # Twisted's lock (twisted.python.lockfile) is a symbolic link naming
+    # the PID; anything else there is not ours to delete.
+    try:
+        pid = os.readlink(lock)
+    except OSError:
+        return
+    try:
+        os.unlink(lock)
+    except FileNotFoundError:
+        return
+    log.info(
+        "{label}: removed stale lock {lock} (PID {pid} does not accept on the socket)",
+        label=label, lock=lock, pid=pid,
+    )
+
+
+def set_receive_buffer(sock: socket.socket, size: int, only_raise: bool = False) -> int:
+    """
+    Ask for a C{size}-byte receive buffer: as root with SO_RCVBUFFORCE,
+    which may pass net.core.rmem_max, else (or if refused) with SO_RCVBUF,
+    which the kernel caps at it. With C{only_raise}, a buffer already that
+    large (a socket systemd made with ReceiveBuffer=) is left alone.
+
+    @return: the receive buffer the kernel reports now (Linux: twice what
+        it granted, the other half being room for its bookkeeping).
+    """
+    if only_raise:
+        current = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if current >= _reported(size):
+            return current
+    forced = False
+    if SO_RCVBUFFORCE is not None and os.geteuid() == 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            forced = True
+        except OSError:
+            pass  # no CAP_NET_ADMIN after all (a user namespace): the capped way
+    if not forced:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def _reported(size: int) -> int:
+    """What SO_RCVBUF reports once C{size} bytes were granted in full."""
+    return 2 * size if sys.platform.startswith("linux") else size
 
 
 class DatagramListenerService(service.Service):
@@ -232,11 +393,14 @@ class DatagramListenerService(service.Service):
     every interface, C{HOST:PORT}, or a socket inherited from systemd by name.
     """
 
-    def __init__(self, reactor, listener: Listener, protocol, own_ports: set[int]) -> None:
+    def __init__(
+        self, reactor, listener: Listener, protocol, own_ports: set[int], rcvbuf: int = 0
+    ) -> None:
         self.reactor = reactor
         self.listener = listener
         self.protocol = protocol
         self.own_ports = own_ports
+        self.rcvbuf = rcvbuf
         self.port = None
         self.setName(listener.label)
 
@@ -248,7 +412,23 @@ class DatagramListenerService(service.Service):
         except Exception as e:
             raise ListenerError(f"cannot listen on {self.listener.label}: {_reason(e)}") from e
         _bound(self.listener.label, self.port, self.own_ports)
+        if self.rcvbuf:
+            self._set_receive_buffer()
         service.Service.privilegedStartService(self)
+
+    def _set_receive_buffer(self) -> None:
+        label = self.listener.label
+        inherited = self.listener.description.startswith("systemd:")
+        try:
+            granted = set_receive_buffer(self.port.getHandle(), self.rcvbuf, only_raise=inherited)
+        except OSError as e:
+            log.warn("{label}: cannot set the receive buffer: {why}", label=label, why=_reason(e))
+            return
+        capped = "" if granted >= _reported(self.rcvbuf) else "; net.core.rmem_max caps it"
+        log.info(
+            "{label}: receive buffer {granted} bytes (asked for {asked}{capped})",
+            label=label, granted=granted, asked=self.rcvbuf, capped=capped,
+        )
 
     def _listen(self):
         value = self.listener.description

@@ -8,12 +8,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from netecho import __version__
-from netecho.daemon import NetechoService
+from netecho.daemon import NetechoService, use_for_twistd
 from netecho.datagram import DatagramGuard
 from netecho.echo import DatagramEcho, EchoFactory
 from netecho.listeners import (
     DatagramListenerService,
     StreamListenerService,
+    default_backlog,
     stream_listener,
     udp_listener,
     unix_listener,
@@ -59,6 +60,26 @@ def _nonnegative(name: str, cast: type):
 
     coerce.coerceDoc = ""
     return coerce
+
+
+def _whole(name: str, low: int, high: int):
+    """A coerce function for a whole number from C{low} to C{high}, naming its option."""
+
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"--{name}: {value!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise ValueError(f"--{name}: must be from {low} to {high}, got {value}")
+        return number
+
+    coerce.coerceDoc = ""
+    return coerce
+
+
+#: --udp-rcvbuf's default (4 MiB): a burst waits there instead of being dropped by the kernel.
+DEFAULT_UDP_RCVBUF = 4 << 20
 
 
 def _mode(value: str) -> int:
@@ -113,8 +134,20 @@ class Options(usage.Options):
          "(/24 for IPv4, /56 for IPv6), counted in one-second windows; 0: no limit.", _nonnegative("udp-rate", float)],
         ["udp-global-rate", None, 100000.0, "UDP datagrams a second answered in all; "
          "0: no limit.", _nonnegative("udp-global-rate", float)],
-        ["log-format", None, "text", "text, or json: twistd's log as JSON records, one a "
-         "line (twisted.logger's JSON format), for log shippers."],
+        ["backlog", None, default_backlog(), "Listen backlog of every stream listener (TCP, "
+         "Unix, random, PB, metrics): connections the kernel completes and queues until "
+         "netecho accepts them. The kernel caps it at net.core.somaxconn (the default "
+         "here; 4096 where it cannot be read). An endpoint with its own backlog= keeps "
+         "it; sockets inherited from systemd keep systemd's (Backlog=).",
+         _whole("backlog", 1, 2**31 - 1)],
+        ["udp-rcvbuf", None, DEFAULT_UDP_RCVBUF, "Receive buffer (SO_RCVBUF), in bytes, of "
+         "every UDP listener's socket: datagrams that arrive while netecho is busy wait "
+         "there instead of being dropped by the kernel. The kernel caps it at "
+         "net.core.rmem_max unless netecho runs as root (SO_RCVBUFFORCE); the log says "
+         "what was granted. 0: the kernel's default.", _whole("udp-rcvbuf", 0, 2**30)],
+        ["log-format", None, "text", "text, or json: every line of twistd's log (start-up "
+         "lines included) one JSON object with time (ISO 8601, UTC), level, logger, msg "
+         "and the event's fields (NDJSON), for log shippers."],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
          "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
     ]
@@ -163,6 +196,12 @@ class Options(usage.Options):
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format: {self['log-format']!r} is not text or json")
         self["unix-mode"] = _mode(str(self["unix-mode"]))
+        try:
+            # Under twistd (our parent options), netecho writes twistd's log.
+            self["twistd-log"] = use_for_twistd(self.parent, self["log-format"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-format {self['log-format']}: {e}") from None
+        backlog = self["backlog"]
         listeners = []
         for name in LISTENER_OPTIONS:
             for value in self[name]:
@@ -170,10 +209,12 @@ class Options(usage.Options):
                     if name == "udp":
                         listeners.append(udp_listener(value))
                     elif name == "unix":
-                        listeners.append(unix_listener(value, self["unix-mode"]))
+                        listeners.append(unix_listener(value, self["unix-mode"], backlog=backlog))
                     else:
                         listeners.append(
-                            stream_listener(name, value, loopback_only=name in ("pb", "metrics"))
+                            stream_listener(
+                                name, value, loopback_only=name in ("pb", "metrics"), backlog=backlog
+                            )
                         )
                 except ValueError as e:
                     raise usage.UsageError(f"--{name} {value}: {e}") from None
@@ -201,7 +242,7 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         stats,
         exit_on_stop=config["exit-on-stop"],
         stop_signal=config["stop-signal"],
-        log_format=config["log-format"],
+        twistd_log=config["twistd-log"],
     )
     sweeper = IdleSweeper(reactor, config["idle-timeout"])
     sweeper.setServiceParent(top)
@@ -239,6 +280,11 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         "metrics": lambda: metrics_site(stats),
     }
     for listener in config["listeners"]:
-        kind = DatagramListenerService if listener.option == "udp" else StreamListenerService
-        kind(reactor, listener, serves[listener.option](), own_ports).setServiceParent(top)
+        if listener.option == "udp":
+            child = DatagramListenerService(
+                reactor, listener, serves["udp"](), own_ports, rcvbuf=config["udp-rcvbuf"]
+            )
+        else:
+            child = StreamListenerService(reactor, listener, serves[listener.option](), own_ports)
+        child.setServiceParent(top)
     return top

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netecho.address import ipv6_available
 from netecho.limits import IdleSweeper
-from netecho.listeners import DatagramListenerService, Listener, StreamListenerService
+from netecho.listeners import DatagramListenerService, Listener, StreamListenerService, default_backlog
 from netecho.datagram import DatagramGuard
 from netecho.echo import DatagramEcho, EchoFactory
 from netecho.policies import Served, ServedDatagrams
@@ -16,6 +16,7 @@ from netecho.randomnum import RandomNumberFactory
 from netecho.tap import Options, makeService
 
 BARE = "tcp6:{}:interface=\\:\\:" if ipv6_available() else "tcp:{}"
+BACKLOG = default_backlog()
 
 
 def parse(*args):
@@ -47,12 +48,15 @@ class OptionsTests(SynchronousTestCase):
                 "stop-word": "STOP",
                 "stop-signal": None,
                 "log-format": "text",
+                "twistd-log": None,
+                "backlog": BACKLOG,
+                "udp-rcvbuf": 4 << 20,
                 "exit-on-stop": 0,
                 "log-data": 0,
                 "listeners": [
-                    Listener("tcp", "1234", BARE.format(1234)),
+                    Listener("tcp", "1234", BARE.format(1234) + f":backlog={BACKLOG}"),
                     Listener("udp", "1234", "1234"),
-                    Listener("pb", "8787", "tcp:8787:interface=127.0.0.1"),
+                    Listener("pb", "8787", f"tcp:8787:interface=127.0.0.1:backlog={BACKLOG}"),
                 ],
             },
         )
@@ -65,14 +69,16 @@ class OptionsTests(SynchronousTestCase):
             "--exit-on-stop", "--log-data", "--pb", "tcp6:8787", "--metrics", "9101",
             "--idle-timeout", "2.5", "--max-connections", "10", "--max-per-ip", "3",
             "--udp-rate", "0", "--udp-global-rate", "5", "--log-format", "json",
+            "--backlog", "100", "--udp-rcvbuf", "0", "--tcp", "tcp:7001:backlog=9",
+            "--random", "haproxy:tcp:7002",
         )
         self.assertEqual(
             dict(options),
             {
-                "tcp": ["7", "tcp:7000:interface=127.0.0.1"],
+                "tcp": ["7", "tcp:7000:interface=127.0.0.1", "tcp:7001:backlog=9"],
                 "udp": ["[::1]:7"],
                 "unix": ["/run/e.sock", "unix:/tmp/x.sock"],
-                "random": ["0"],
+                "random": ["0", "haproxy:tcp:7002"],
                 "pb": ["tcp6:8787"],
                 "metrics": ["9101"],
                 "pb-users": None,
@@ -86,17 +92,22 @@ class OptionsTests(SynchronousTestCase):
                 "stop-word": "QUIT",
                 "stop-signal": signal.SIGUSR1,
                 "log-format": "json",
+                "twistd-log": None,
+                "backlog": 100,
+                "udp-rcvbuf": 0,
                 "exit-on-stop": 1,
                 "log-data": 1,
                 "listeners": [
-                    Listener("tcp", "7", BARE.format(7)),
-                    Listener("tcp", "tcp:7000:interface=127.0.0.1", "tcp:7000:interface=127.0.0.1"),
+                    Listener("tcp", "7", BARE.format(7) + ":backlog=100"),
+                    Listener("tcp", "tcp:7000:interface=127.0.0.1", "tcp:7000:interface=127.0.0.1:backlog=100"),
+                    Listener("tcp", "tcp:7001:backlog=9", "tcp:7001:backlog=9"),
                     Listener("udp", "[::1]:7", "[::1]:7"),
-                    Listener("unix", "/run/e.sock", "unix:/run/e.sock:mode=600:lockfile=1"),
-                    Listener("unix", "unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600"),
-                    Listener("random", "0", BARE.format(0)),
-                    Listener("pb", "tcp6:8787", "tcp6:8787"),
-                    Listener("metrics", "9101", "tcp:9101:interface=127.0.0.1"),
+                    Listener("unix", "/run/e.sock", "unix:/run/e.sock:mode=600:lockfile=1:backlog=100"),
+                    Listener("unix", "unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600:backlog=100"),
+                    Listener("random", "0", BARE.format(0) + ":backlog=100"),
+                    Listener("random", "haproxy:tcp:7002", "haproxy:tcp:7002:backlog=100"),
+                    Listener("pb", "tcp6:8787", "tcp6:8787:backlog=100"),
+                    Listener("metrics", "9101", "tcp:9101:interface=127.0.0.1:backlog=100"),
                 ],
             },
         )
@@ -106,7 +117,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_unix_path_with_colon_is_escaped(self):
         (listener,) = parse("--unix", "/tmp/a:b")["listeners"]
-        self.assertEqual(listener.description, "unix:/tmp/a\\:b:mode=660:lockfile=1")
+        self.assertEqual(listener.description, f"unix:/tmp/a\\:b:mode=660:lockfile=1:backlog={BACKLOG}")
 
     def test_errors(self):
         cases = {
@@ -125,6 +136,10 @@ class OptionsTests(SynchronousTestCase):
             ("--max-per-ip", "x"): "--max-per-ip: 'x' is not a whole number",
             ("--pb-users", "/nonexistent/users"): "--pb-users /nonexistent/users: no such file or directory",
             ("--stop-word", "GO\nAWAY"): "--stop-word must be one line",
+            ("--backlog", "0"): "--backlog: must be from 1 to 2147483647, got 0",
+            ("--backlog", "many"): "--backlog: 'many' is not a whole number",
+            ("--udp-rcvbuf", "-1"): "--udp-rcvbuf: must be from 0 to 1073741824, got -1",
+            ("--udp-rcvbuf", "4M"): "--udp-rcvbuf: '4M' is not a whole number",
         }
         for args, message in cases.items():
             e = self.assertRaises(usage.UsageError, parse, *args)
@@ -184,3 +199,47 @@ class MakeServiceTests(SynchronousTestCase):
         _, tcp = top
         self.assertEqual(tcp.factory.on_stop_word, top.stop_word_heard)
         self.assertEqual(tcp.factory.stop_word, b"STOP")
+
+    def test_backlog_and_receive_buffer(self):
+        """--backlog reaches every stream listen(); --udp-rcvbuf every UDP listener."""
+        reactor = MemoryReactor()
+        top = makeService(parse("--tcp", "tcp:1:interface=127.0.0.1", "--unix", "/nonexistent/s",
+                                "--udp", "2", "--backlog", "77", "--udp-rcvbuf", "1000"), reactor)
+        _, tcp, udp, unix = top
+        self.assertEqual(udp.rcvbuf, 1000)
+        tcp.privilegedStartService()
+        unix.privilegedStartService()
+        self.assertEqual([p[2] for p in reactor.tcpServers], [77])
+        self.assertEqual([p[2] for p in reactor.unixServers], [77])
+
+
+class TwistdLogOptionTests(SynchronousTestCase):
+    """Under twistd (a parent ServerOptions), netecho writes twistd's log."""
+
+    def setUp(self):
+        from netecho import daemon
+
+        self.patch(daemon, "_twistd_log", None)
+
+    def parse_under(self, twistd, *args):
+        options = Options()
+        options.parent = twistd
+        options.parseOptions(list(args))
+        return options
+
+    def test_netecho_writes_the_log(self):
+        from netecho.daemon import TwistdLog
+
+        twistd = {"logger": None, "syslog": False, "logfile": None, "nodaemon": True}
+        options = self.parse_under(twistd, "--log-format", "json")
+        self.assertIsInstance(options["twistd-log"], TwistdLog)
+        self.assertEqual(options["twistd-log"].log_format, "json")
+        self.assertEqual(twistd["logger"], "netecho.daemon.twistd_observer")
+        self.assertIs(makeService(options, MemoryReactor()).twistd_log, options["twistd-log"])
+
+    def test_json_needs_netecho_to_write_the_log(self):
+        twistd = {"logger": None, "syslog": True}
+        e = self.assertRaises(usage.UsageError, self.parse_under, twistd, "--log-format", "json")
+        self.assertEqual(str(e), "--log-format json: cannot be json with twistd's --syslog, "
+                                 "which picks the log's format")
+        self.assertIsNone(self.parse_under(twistd)["twistd-log"])
