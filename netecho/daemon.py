@@ -393,4 +393,7 @@ class NetechoService(service.MultiService):
         if self.stats.dropped:
             drops = " ".join(f"{k}={v}" for k, v in sorted(self.stats.dropped.items()))
             log.info("dropped: {drops}", drops=drops)
+        if self.stats.faults:
+            injected = " ".join(f"{k}={v}" for k, v in sorted(self.stats.faults.items()))
+            log.info("faults: {injected}", injected=injected)
         return d

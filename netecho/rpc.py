@@ -287,9 +287,26 @@ class EchoAvatar(pb.Avatar):
     def perspective_quit(self) -> str:
         raise pb.Error("not authorized (log in with a --pb-users account)")
 
+    def perspective_faults(self, *args: Any) -> str:
+        raise pb.Error("not authorized (log in with a --pb-users account)")
+
 
 class AdminAvatar(EchoAvatar):
-    """An authenticated user: may also stop the daemon."""
+    """An authenticated user: may also stop the daemon and change its faults."""
+
+    def perspective_faults(self, *args: Any) -> str:
+        """Replace the daemon's --faults SPEC ('' clears it); returns the SPEC now in force."""
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise pb.Error("faults takes one argument, a SPEC such as 'delay=100ms' ('' for none)")
+        faults = self.service.faults
+        if faults is None:
+            raise pb.Error("this daemon takes no faults")
+        try:
+            spec = faults.set(args[0])
+        except ValueError as e:
+            raise pb.Error(f"faults: {e}") from None
+        log.warn("faults set over RPC by {user}: {spec}", user=self.user, spec=str(spec) or "none")
+        return str(spec)
 
     def perspective_quit(self) -> str:
         log.info("quit requested over RPC by {user}", user=self.user)
@@ -677,8 +694,11 @@ class RPCService:
         logins_per_source: int = LOGINS_IN_PROGRESS,
         lookups_per_connection: int = LOOKUPS_PER_CONNECTION,
         lookups_total: int = LOOKUPS_TOTAL,
+        faults=None,
     ) -> None:
         self.reactor = reactor
+        #: The daemon's netecho.faults.Faults (changed by an admin's faults()), or None.
+        self.faults = faults
         self.stats = stats
         self.stop_daemon = stop_daemon
         self.login_timeout = login_timeout

@@ -7,7 +7,7 @@ import signal
 from twisted.logger import Logger
 from twisted.python import usage
 
-from netecho import __version__
+from netecho import __version__, faults
 from netecho.daemon import NetechoService, use_for_twistd
 from netecho.datagram import DatagramGuard
 from netecho.echo import DatagramEcho, EchoFactory
@@ -148,6 +148,10 @@ class Options(usage.Options):
         ["log-format", None, "text", "text, or json: every line of twistd's log (start-up "
          "lines included) one JSON object with time (ISO 8601, UTC), level, logger, msg "
          "and the event's fields (NDJSON), for log shippers."],
+        ["faults", None, "", "Faults on purpose in every TCP, Unix and UDP echo: comma-separated "
+         "items such as delay=50ms, jitter=10ms, drop=0.1, duplicate=0.1, corrupt=0.01, "
+         "bandwidth=64KB, slice=16, slice-delay=1ms, reset-after=1000, close-after=1000, stall, "
+         "seed=1 (see the README). An admin can change them over PB (faults)."],
         ["stop-signal", None, None, "An extra signal that stops the daemon cleanly "
          "(SIGTERM and SIGINT always do). Example: --stop-signal USR1.", _signal_number],
     ]
@@ -195,6 +199,10 @@ class Options(usage.Options):
             raise usage.UsageError("--stop-word must be one line")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format: {self['log-format']!r} is not text or json")
+        try:
+            self["faults"] = faults.parse(self["faults"])
+        except ValueError as e:
+            raise usage.UsageError(f"--faults: {e}") from None
         self["unix-mode"] = _mode(str(self["unix-mode"]))
         try:
             # Under twistd (our parent options), netecho writes twistd's log.
@@ -257,7 +265,10 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         on_stop_word=top.stop_word_heard if config["exit-on-stop"] else None,
         log_data=config["log-data"],
     )
-    rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"], guard=guard)
+    trouble = faults.Faults(stats, config["faults"], reactor)
+    if config["faults"].stream or config["faults"].datagram:
+        log.warn("faults on purpose (--faults {spec}): the echo services misbehave", spec=config["faults"])
+    rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"], guard=guard, faults=trouble)
     if config["pb-users"] is not None and readable_by_others(config["pb-users"]):
         log.warn("--pb-users {path} is readable by others: chmod 600 it", path=config["pb-users"])
 
@@ -267,9 +278,9 @@ def makeService(config: Options, reactor=None) -> NetechoService:
             rate=RateWindow(rate) if rate else None,
             global_rate=RateWindow(global_rate, size=1) if global_rate else None,
         )
-        return ServedDatagrams(DatagramEcho(), stats, guard=udp_guard, **policy)
+        return ServedDatagrams(DatagramEcho(), stats, guard=udp_guard, faults=trouble, **policy)
 
-    echo = Served(EchoFactory(), stats, "echo", guard=guard, **policy)
+    echo = Served(EchoFactory(), stats, "echo", guard=guard, faults=trouble, **policy)
     # Listener option -> what serves it (built once per listener, or shared).
     serves = {
         "tcp": lambda: echo,

@@ -13,6 +13,7 @@ from netecho.datagram import DatagramGuard
 from netecho.echo import DatagramEcho, EchoFactory
 from netecho.policies import Served, ServedDatagrams
 from netecho.randomnum import RandomNumberFactory
+from netecho.faults import FaultSpec
 from netecho.tap import Options, makeService
 
 BARE = "tcp6:{}:interface=\\:\\:" if ipv6_available() else "tcp:{}"
@@ -51,6 +52,7 @@ class OptionsTests(SynchronousTestCase):
                 "twistd-log": None,
                 "backlog": BACKLOG,
                 "udp-rcvbuf": 4 << 20,
+                "faults": FaultSpec(),
                 "exit-on-stop": 0,
                 "log-data": 0,
                 "listeners": [
@@ -70,7 +72,7 @@ class OptionsTests(SynchronousTestCase):
             "--idle-timeout", "2.5", "--max-connections", "10", "--max-per-ip", "3",
             "--udp-rate", "0", "--udp-global-rate", "5", "--log-format", "json",
             "--backlog", "100", "--udp-rcvbuf", "0", "--tcp", "tcp:7001:backlog=9",
-            "--random", "haproxy:tcp:7002",
+            "--random", "haproxy:tcp:7002", "--faults", "delay=50ms,drop=0.1",
         )
         self.assertEqual(
             dict(options),
@@ -95,6 +97,7 @@ class OptionsTests(SynchronousTestCase):
                 "twistd-log": None,
                 "backlog": 100,
                 "udp-rcvbuf": 0,
+                "faults": FaultSpec(delay=0.05, drop=0.1),
                 "exit-on-stop": 1,
                 "log-data": 1,
                 "listeners": [
@@ -140,6 +143,7 @@ class OptionsTests(SynchronousTestCase):
             ("--backlog", "many"): "--backlog: 'many' is not a whole number",
             ("--udp-rcvbuf", "-1"): "--udp-rcvbuf: must be from 0 to 1073741824, got -1",
             ("--udp-rcvbuf", "4M"): "--udp-rcvbuf: '4M' is not a whole number",
+            ("--faults", "drop=1.5"): "--faults: drop=1.5: not a probability between 0 and 1",
         }
         for args, message in cases.items():
             e = self.assertRaises(usage.UsageError, parse, *args)
