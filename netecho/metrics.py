@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
 from twisted.web import resource, server
 
+from netecho import __version__
 from netecho.faults import FAULT_KINDS
 from netecho.stats import ECHO_LABELS, Stats
 
 STREAM_SERVICES = ("tcp", "unix", "random", "pb")
+
+#: Every documented label value is shown from the start, at 0, so that
+#: alert rules have a series before the first event.
+DATAGRAM_OUTCOMES = ("echoed", "privileged_source_port", "own_service_port", "own_address", "group_source",
+                     "rate_limited", "global_rate_limited", "send_error", "kernel_dropped")
+REFUSED_REASONS = (
+    "max_connections", "max_per_ip", "evicted", "fd_limit", "accept_error", "idle_timeout",
+    "pb_no_login_in_time", "pb_too_many_bytes_before_login", "pb_not_PB", "pb_failed_login",
+    "pb_too_many_logins_in_progress", "pb_message_too_large", "pb_message_not_finished_in_time",
+    "pb_too_many_unfinished_bytes", "pb_unknown_Banana_dialect",
+    "pb_too_many_lookups_on_one_connection", "pb_too_many_lookups",
+)
+RPC_METHODS = ("add", "subtract", "echo", "stats", "lookup", "faults", "quit", "unknown")
 
 
 class StatsCollector:
@@ -40,23 +54,31 @@ class StatsCollector:
             echoed.add_metric([service], s.bytes_sent[service])
         yield echoed
 
+        outcomes = dict.fromkeys(DATAGRAM_OUTCOMES, 0)
+        reasons = dict.fromkeys(REFUSED_REASONS, 0)
+        for reason, count in s.dropped.items():
+            if reason.startswith("udp_"):
+                outcomes[reason[4:]] = count
+            else:
+                reasons[reason] = count
+        outcomes["echoed"] = s.datagrams_echoed
         datagrams = CounterMetricFamily(
             "netecho_datagrams", "UDP datagrams received, by outcome (echoed or why not).",
             labels=["outcome"])
-        datagrams.add_metric(["echoed"], s.datagrams_echoed)
+        for outcome, count in outcomes.items():
+            datagrams.add_metric([outcome], count)
         refused = CounterMetricFamily(
             "netecho_refused", "Connections refused or aborted, by reason.", labels=["reason"])
-        for reason, count in sorted(s.dropped.items()):
-            if reason.startswith("udp_"):
-                datagrams.add_metric([reason[4:]], count)
-            else:
-                refused.add_metric([reason], count)
+        for reason, count in reasons.items():
+            refused.add_metric([reason], count)
         yield datagrams
         yield refused
 
         calls = CounterMetricFamily(
             "netecho_rpc_calls", "PB calls, by method and outcome.", labels=["method", "outcome"])
-        for (method, outcome), count in sorted(s.rpc_outcomes.items()):
+        counts = {(method, outcome): 0 for method in RPC_METHODS for outcome in ("ok", "error")}
+        counts.update(s.rpc_outcomes)
+        for (method, outcome), count in counts.items():
             calls.add_metric([method, outcome], count)
         yield calls
 
@@ -74,10 +96,17 @@ class StatsCollector:
 
         yield GaugeMetricFamily("netecho_uptime_seconds", "Seconds since the daemon started.",
                                 value=s.uptime())
+        build = InfoMetricFamily("netecho_build", "netecho's version.")
+        build.add_metric([], {"version": __version__})
+        yield build
 
 
 class MetricsPage(resource.Resource):
-    """C{GET /metrics}: the text exposition, rendered in the reactor thread."""
+    """
+    C{GET /metrics}: the exposition, rendered in the reactor thread, in
+    OpenMetrics when the scraper's Accept header asks for it, else in
+    Prometheus' text format.
+    """
 
     isLeaf = True
 
@@ -86,14 +115,21 @@ class MetricsPage(resource.Resource):
         self.registry = registry
 
     def render_GET(self, request) -> bytes:
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)
+        if request.postpath not in ([], [b""]):  # /metrics/anything
+            return resource.NoResource().render(request)
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
+        request.setHeader(b"Content-Type", content_type.encode())
+        return encoder(self.registry)
 
 
 def metrics_site(stats: Stats) -> server.Site:
     """A web site serving the daemon's metrics at C{/metrics} (404 elsewhere)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StatsCollector(stats))
+    # The process's CPU, memory, descriptors and start time; Python's version.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     root = resource.Resource()
     root.putChild(b"metrics", MetricsPage(registry))
     site = server.Site(root)

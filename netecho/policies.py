@@ -74,7 +74,7 @@ class Session(policies.ProtocolWrapper):
         self.started = factory.clock()
         self._scanner = Scanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
-        self._stats.connection_opened(self.label, "pb" if factory.service == "pb" else self.kind)
+        self._stats.connection_opened(self.label)
         if factory.guard is not None:
             factory.guard.opened(self)
         # ProtocolWrapper.makeConnection: provide what the transport does,

@@ -23,10 +23,6 @@ class Stats:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.started = clock()
-        #: Stream clients by transport: TCP and Unix (echo and random alike), PB.
-        self.tcp = 0
-        self.unix = 0
-        self.pb = 0
         self.datagrams_echoed = 0
         self.rpc_calls = 0
         #: RPC calls by method name.
@@ -35,8 +31,9 @@ class Stats:
         self.rpc_outcomes: dict[tuple[str, str], int] = {}
         #: lookup() calls served by the daemon, by outcome (ok, error).
         self.lookups: dict[str, int] = {}
-        #: Stream connections accepted and open now, by label
-        #: (tcp, unix: the echo; random; pb).
+        #: Stream connections accepted and open now, by label (tcp, unix:
+        #: the echo over TCP and Unix sockets; random; pb), as the metrics'
+        #: service label says.
         self.opened: dict[str, int] = {}
         self.active: dict[str, int] = {}
         #: Bytes sent, by label (tcp, unix, udp, random, pb).
@@ -49,16 +46,10 @@ class Stats:
 
     # What the services push.
 
-    def connection_opened(self, label: str, kind: str) -> None:
-        """A stream connection was accepted: C{label} as in L{opened}, C{kind} tcp, unix or pb."""
+    def connection_opened(self, label: str) -> None:
+        """A stream connection was accepted: C{label} as in L{opened}."""
         self.opened[label] = self.opened.get(label, 0) + 1
         self.active[label] = self.active.get(label, 0) + 1
-        if kind == "unix":
-            self.unix += 1
-        elif kind == "pb":
-            self.pb += 1
-        else:
-            self.tcp += 1
 
     def connection_closed(self, label: str) -> None:
         """A stream connection accepted with C{label} has closed."""
@@ -113,9 +104,29 @@ class Stats:
         return sent["tcp"] + sent["unix"] + sent["udp"]
 
     @property
+    def tcp(self) -> int:
+        """Clients of the TCP echo."""
+        return self.opened.get("tcp", 0)
+
+    @property
+    def unix(self) -> int:
+        """Clients of the Unix socket echo."""
+        return self.opened.get("unix", 0)
+
+    @property
+    def random(self) -> int:
+        """Clients of the random-number service."""
+        return self.opened.get("random", 0)
+
+    @property
+    def pb(self) -> int:
+        """PB connections."""
+        return self.opened.get("pb", 0)
+
+    @property
     def clients_served(self) -> int:
         """Stream clients of the echo and random services (TCP and Unix)."""
-        return self.tcp + self.unix
+        return self.tcp + self.unix + self.random
 
     @property
     def udp_peers(self) -> int:
@@ -132,6 +143,7 @@ class Stats:
             "clients_served": self.clients_served,
             "tcp": self.tcp,
             "unix": self.unix,
+            "random": self.random,
             "udp_peers": self.udp_peers,
             "pb": self.pb,
             "bytes_echoed": self.bytes_echoed,
@@ -149,6 +161,7 @@ class Stats:
             ("clients_served", self.clients_served),
             ("tcp", self.tcp),
             ("unix", self.unix),
+            *((("random", self.random),) if self.random else ()),
             ("udp_peers", self.udp_peers),
             ("pb", self.pb),
             ("bytes_echoed", self.bytes_echoed),

@@ -148,7 +148,7 @@ class RandomNumberTests(SynchronousTestCase):
         self.assertEqual(transport.value(), "".join(f"{n}\n" for n in numbers).encode())
         self.assertEqual(stats.bytes_echoed, 0)
         self.assertEqual(stats.bytes_sent["random"], len(transport.value()))
-        self.assertEqual((stats.tcp, stats.opened), (1, {"random": 1}))
+        self.assertEqual((stats.tcp, stats.random, stats.opened), (0, 1, {"random": 1}))
 
     def test_answers_only_as_the_transport_takes_them(self):
         """64 Ki line feeds in one read: batches while the buffer has room, the rest owed (a count)."""

@@ -52,3 +52,46 @@ class MetricsTests(SynchronousTestCase):
         for key, value in expected.items():
             self.assertEqual(got[key], value, key)
         self.assertIn(("netecho_uptime_seconds", ()), got)
+
+
+class PageTests(SynchronousTestCase):
+    """The /metrics page: process metrics, build info, every label from the start, OpenMetrics, 404."""
+
+    def get(self, path: bytes, accept: bytes | None = None):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from netecho.metrics import metrics_site
+
+        site = metrics_site(Stats())
+        parts = [p for p in path.split(b"/") if p]
+        request = DummyRequest(parts[1:])
+        if accept:
+            request.requestHeaders.setRawHeaders(b"accept", [accept])
+        page = site.resource.getChildWithDefault(parts[0], request)
+        body = page.render(request)
+        return request, body
+
+    def test_text(self):
+        request, body = self.get(b"/metrics")
+        text = body.decode()
+        self.assertIn("text/plain", request.responseHeaders.getRawHeaders(b"content-type")[0].decode())
+        for line in ('netecho_datagrams_total{outcome="rate_limited"} 0.0',
+                     'netecho_refused_total{reason="evicted"} 0.0',
+                     'netecho_rpc_calls_total{method="add",outcome="error"} 0.0',
+                     'netecho_faults_total{fault="drop"} 0.0',
+                     "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds",
+                     "python_info"):
+            self.assertIn(line, text)
+        from netecho import __version__
+
+        self.assertIn(f'netecho_build_info{{version="{__version__}"}} 1.0', text)
+
+    def test_openmetrics(self):
+        request, body = self.get(b"/metrics", accept=b"application/openmetrics-text; version=1.0.0")
+        self.assertIn("application/openmetrics-text",
+                      request.responseHeaders.getRawHeaders(b"content-type")[0].decode())
+        self.assertTrue(body.rstrip().endswith(b"# EOF"))
+
+    def test_other_paths_404(self):
+        request, body = self.get(b"/metrics/anything")
+        self.assertEqual(request.responseCode, 404)

@@ -194,8 +194,11 @@ class MetricsAndUDPRateTests(TestCase):
         self.assertEqual(got[("netecho_bytes_echoed_total", (("service", "udp"),))], 500)
         self.assertEqual(got[("netecho_datagrams_total", (("outcome", "echoed"),))], 5)
         self.assertEqual(got[("netecho_datagrams_total", (("outcome", "rate_limited"),))], 15)
-        with self.assertRaises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/other", timeout=5)
+        for path in ("/other", "/metrics/anything"):
+            with self.assertRaises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics}{path}", timeout=5)
+            self.assertEqual(caught.exception.code, 404)
+        self.assertGreater(got[("process_resident_memory_bytes", ())], 1 << 20)
 
     def test_kernel_drops_counted(self):
         """

@@ -74,6 +74,18 @@ class PackagingTests(TestCase):
             # The optional C scanner is built where a compiler is.
             self.assertTrue([n for n in names if n.startswith("netecho/_speedups") and n.endswith(".so")], names)
 
+    def test_sdist_carries_what_testers_need(self):
+        """The licence, deploy/, the whole test suite with its zones, scripts/ and benchmarks/."""
+        import tarfile
+
+        with tarfile.open(self.artifact(".tar.gz")) as tar:
+            names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+        for wanted in ("LICENSE", "deploy/netecho.service", "deploy/netecho.socket", "scripts/test",
+                       "scripts/install-peers", "tests/integration/harness.py", "tests/zones/netecho.test.zone",
+                       "benchmarks/run.py", "benchmarks/servers/load.c", "netecho/_speedups.c"):
+            self.assertIn(wanted, names)
+        self.assertFalse([n for n in names if n.endswith((".pyc", ".so", "dropin.cache"))])
+
     def check_install(self, artifact: Path) -> None:
         venv = Path(tempfile.mkdtemp(prefix="venv-", dir=self.work))
         run([sys.executable, "-m", "venv", str(venv)])
