@@ -68,6 +68,8 @@ def split_host_port(text: str) -> tuple[str, int]:
             raise ValueError(f"{text!r} is not HOST:PORT ([IPv6]:PORT for IPv6)")
     port = parse_port(port_text)
     if port is None:
+        if port_text.lstrip("-").isdigit():
+            raise ValueError("port out of range (0-65535)")
         raise ValueError(f"{port_text!r} in {text!r} is not a port number (0-65535)")
     if not host:
         raise ValueError(f"{text!r} has no host")

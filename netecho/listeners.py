@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import stat
 import sys
@@ -163,6 +164,8 @@ def stream_listener(
     @raise ValueError: the value is neither a port nor a valid endpoint.
     """
     port = parse_port(value)
+    if port is None and value.lstrip("-").isdigit():
+        raise ValueError("port out of range (0-65535)")
     if port is not None:
         if loopback_only:
             description = f"tcp:{port}:interface=127.0.0.1"
@@ -203,17 +206,53 @@ def udp_listener(value: str) -> Listener:
         if not value[len("systemd:") :]:
             raise ValueError("systemd: needs the socket's name (FileDescriptorName=)")
     elif parse_port(value) is None:
+        if value.lstrip("-").isdigit():
+            raise ValueError("port out of range (0-65535)")
         split_host_port(value)
     return Listener("udp", value, value)
 
 
 def _check_endpoint(value: str, description: str) -> None:
     # Parsing binds nothing; it catches unknown types, bad parameters and
-    # missing TLS files while a UsageError can still say so.
+    # missing TLS files while a UsageError can still say so. A systemd:
+    # endpoint depends on the sockets inherited when the daemon starts: it
+    # is checked then (StreamListenerService).
+    if description.startswith("systemd:"):
+        return
     try:
         endpoints.serverFromString(None, description)
     except Exception as e:
-        raise ValueError(f"not a port or a server endpoint description: {e}") from None
+        raise ValueError(f"not a port or a server endpoint description: {_endpoint_problem(e)}") from None
+
+
+def _endpoint_problem(e: Exception) -> str:
+    """What Twisted's endpoint parser objected to, without Python's wording."""
+    text = str(e)
+    literal = re.search(r"invalid literal for int\(\) with base \d+: (.*)$", text)
+    if literal:
+        return f"{literal.group(1)} is not a number"
+    if isinstance(e, KeyError):
+        return f"no {text}"
+    return text or type(e).__name__
+
+
+def inherited_problem(description: str) -> str | None:
+    """
+    For a C{systemd:...:name=NAME} description (or a bare C{systemd:NAME}
+    for UDP), why it cannot be served: no inherited socket of that name.
+    """
+    if not description.startswith("systemd:"):
+        return None
+    rest = description[len("systemd:"):]
+    params = dict(p.partition("=")[::2] for p in rest.split(":") if "=" in p)
+    name = params.get("name") if params else rest
+    if not name:
+        return None
+    named = inherited_sockets()
+    if name in named:
+        return None
+    known = ", ".join(sorted(named)) or "none"
+    return f"no inherited socket named {name!r} (inherited: {known})"
 
 
 def _reason(exc: BaseException) -> str:
@@ -248,7 +287,15 @@ class StreamListenerService(service.Service):
     """
 
     def __init__(self, reactor, listener: Listener, factory, own_ports: set[int]) -> None:
-        self.endpoint = endpoints.serverFromString(reactor, listener.description)
+        #: Why this listener cannot start (an inherited socket that is not
+        #: there), said when it starts, as for any listener that cannot.
+        self.problem = inherited_problem(listener.description)
+        self.endpoint = None
+        if self.problem is None:
+            try:
+                self.endpoint = endpoints.serverFromString(reactor, listener.description)
+            except Exception as e:
+                self.problem = _endpoint_problem(e)
         if (
             isinstance(self.endpoint, endpoints.AdoptedStreamServerEndpoint)
             and self.endpoint.addressFamily == socket.AF_UNIX
@@ -261,6 +308,8 @@ class StreamListenerService(service.Service):
         self.setName(listener.label)
 
     def privilegedStartService(self) -> None:
+        if self.problem is not None:
+            raise ListenerError(f"cannot listen on {self.listener.label}: {self.problem}")
         path = unix_socket_path(self.endpoint)
         if path is not None:
             reclaim_unix_path(path, self.listener.label)
@@ -443,14 +492,10 @@ class DatagramListenerService(service.Service):
         return reactor.listenUDP(port, self.protocol, interface=host, maxPacketSize=MAX_DATAGRAM)
 
     def _adopt(self, name: str):
-        named = inherited_sockets()
-        if name not in named:
-            known = ", ".join(sorted(named)) or "none"
-            raise ListenerError(
-                f"cannot listen on {self.listener.label}: no inherited socket named "
-                f"{name!r} (inherited: {known})"
-            )
-        fd = named[name]
+        problem = inherited_problem(f"systemd:{name}")
+        if problem is not None:
+            raise ListenerError(f"cannot listen on {self.listener.label}: {problem}")
+        fd = inherited_sockets()[name]
         sock = socket.socket(fileno=os.dup(fd))
         try:
             if sock.type != socket.SOCK_DGRAM:

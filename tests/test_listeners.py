@@ -255,3 +255,15 @@ class ReceiveBufferTests(SynchronousTestCase):
         before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.assertEqual(listeners.set_receive_buffer(s, 4096, only_raise=True), before)
         self.assertLess(listeners.set_receive_buffer(s, 4096), before)
+
+
+class InheritedWordingTests(SynchronousTestCase):
+    def test_missing_systemd_stream_socket_is_a_listener_error(self):
+        """--tcp systemd:...:name=wrong: the UDP wording, at start (exit 1), not a usage error."""
+        from twisted.internet.testing import MemoryReactor
+
+        service = StreamListenerService(
+            MemoryReactor(), stream_listener("tcp", "systemd:domain=INET:name=wrong"), EchoFactory(), set())
+        e = self.assertRaises(ListenerError, service.privilegedStartService)
+        self.assertRegex(str(e), r"^cannot listen on --tcp systemd:domain=INET:name=wrong: "
+                                 r"no inherited socket named 'wrong' \(inherited: .*\)$")
