@@ -15,6 +15,7 @@ datagram protocol, with the UDP guards of L{netecho.datagram}.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -58,6 +59,7 @@ class Session(policies.ProtocolWrapper):
     received = 0
     sent = 0
     kind = "tcp"
+    _credentials = None
     _closing = False
     _stopped_by_word = False
     #: What the connection caps admitted this connection with.
@@ -66,6 +68,7 @@ class Session(policies.ProtocolWrapper):
     def makeConnection(self, transport) -> None:
         factory = self.factory
         self.kind = "unix" if interfaces.IUNIXTransport.providedBy(transport) else "tcp"
+        self._credentials = None
         #: The label of this connection in the counters: tcp or unix for
         #: the echo, else the service (random, pb).
         self.label = self.kind if factory.service == "echo" else factory.service
@@ -85,6 +88,8 @@ class Session(policies.ProtocolWrapper):
             # the tail of a half-closed client's stream.
             alsoProvides(self, interfaces.IHalfCloseableProtocol)
         protocol.Protocol.makeConnection(self, transport)
+        if self.kind == "unix":
+            self._credentials = self._peer_credentials()
         factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
 
@@ -156,7 +161,19 @@ class Session(policies.ProtocolWrapper):
     def peer(self) -> str:
         # Asked when needed, not at connect: behind the PROXY protocol the
         # client's real address is known only once the header has arrived.
+        if self._credentials is not None:
+            return self._credentials
         return describe(self.transport.getPeer())
+
+    def _peer_credentials(self) -> str | None:
+        """A Unix peer as its process and user (SO_PEERCRED): C{unix:pid=1234,uid=1000}."""
+        try:
+            sock = self.transport.getHandle()
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+        except Exception:  # not a socket, or no credentials here: the address will do
+            return None
+        return f"unix:pid={pid},uid={uid}"
 
     def connectionLost(self, reason=None) -> None:
         factory = self.factory

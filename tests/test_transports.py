@@ -217,6 +217,27 @@ class StreamTransportTests(TestCase):
         self.assertEqual(await threads.deferToThread(pass_fd), b"fd")
         self.assertEqual(got, [os.fstat(r).st_ino])
 
+    async def test_unix_peer_named_by_its_credentials(self):
+        """Unix peers are logged as their process and user (SO_PEERCRED), not unix:@peer."""
+        service = serve(self, "unix")
+        factory_sessions = []
+
+        def talk() -> bytes:
+            with connect(service) as s:
+                s.sendall(b"who\n")
+                return s.recv(10)
+
+        original = Served.buildProtocol
+
+        def keep(factory, addr):
+            session = original(factory, addr)
+            factory_sessions.append(session)
+            return session
+
+        self.patch(Served, "buildProtocol", keep)
+        self.assertEqual(await threads.deferToThread(talk), b"who\n")
+        self.assertEqual([s.peer for s in factory_sessions], [f"unix:pid={os.getpid()},uid={os.getuid()}"])
+
     async def test_half_close(self):
         """The client shuts down its sending side: all of it comes back, then EOF."""
         data = b"line one\nline two, no newline at the end"
