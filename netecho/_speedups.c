@@ -1,24 +1,17 @@
 /*
- * netecho._speedups: two things in C, optional: without a C compiler
- * netecho installs without it and uses its pure-Python twins, which give
- * the same answers (the tests compare them). Only pure functions and
- * protocol-agnostic I/O live here, never a rule of netecho's:
+ * netecho._speedups: optional C; without a C compiler netecho installs
+ * without it and uses its pure-Python twins, which give the same answers
+ * (the tests compare them). Only a pure scan and protocol-agnostic I/O live
+ * here, never a rule of netecho's:
  *
- * - the stop-word scan (netecho/stopword.py): Scanner, feed(),
- *   inner_stop_line();
+ * - Scanner: the stop-word scan (netecho/stopword.py's StopWordScanner in
+ *   C; memchr() finds the line feeds, so binary data with few of them costs
+ *   a few nanoseconds per kilobyte);
  * - recv_datagrams() and send_datagrams(): batches of datagrams by one
  *   recvmmsg() / sendmmsg(), for the UDP port (netecho/transports.py),
  *   IPv4 and IPv6 alike;
  * - poll_dispatch(): one wait of netecho's epoll reactor (netecho/reactor.py),
- *   calling doRead() on what is readable without a Python loop.
- *
- * inner_stop_line(data, word, start, end) -> int
- *
- *   data[start] is a line feed. Returns the index of the line feed that ends
- *   the first line after it whose text, trimmed of whitespace (what
- *   bytes.strip() trims), equals word; only line feeds before end count.
- *   -1 if there is none. memchr() finds the line feeds, so binary data with
- *   few of them costs a few nanoseconds per kilobyte.
+ *   dispatching read events without a Python loop.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -56,24 +49,6 @@ static const unsigned char *stop_line(const unsigned char *line, const unsigned 
     return NULL;
 }
 
-static PyObject *inner_stop_line(PyObject *self, PyObject *args) {
-    Py_buffer data, word;
-    Py_ssize_t start, end, found = -1;
-    if (!PyArg_ParseTuple(args, "y*y*nn", &data, &word, &start, &end))
-        return NULL;
-    if (start < 0) start = 0;
-    if (end > data.len) end = data.len;
-    const unsigned char *buf = data.buf, *last = NULL;
-    if (word.len > 0 && start < end) {
-        const unsigned char *lf = stop_line(buf + start + 1, buf + end, word.buf, word.len, &last);
-        if (lf != NULL)
-            found = lf - buf;
-    }
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&word);
-    return PyLong_FromSsize_t(found);
-}
-
 /*
  * What stopword._candidate() returns for the unfinished line text[0:n]:
  * NULL for None, else a new reference (the word itself, or a prefix of it).
@@ -93,14 +68,7 @@ static PyObject *candidate(const unsigned char *text, Py_ssize_t n, PyObject *wo
 }
 
 /*
- * feed(data, word, pending) -> (end, pending): StopWordScanner.feed() for a
- * scanner whose pending text is None or empty (the common case), with the
- * same results; (-2, pending) when pending is a non-empty prefix of the
- * word, which the Python code handles.
- */
-/*
- * StopWordScanner.feed() on buf[0:n] for a pending text that is None or
- * b"": sets *end (-1: no stop line) and *new_pending (a new reference, or
+ * The scan of buf[0:n] for a pending text that is None or b"": sets *end (-1: no stop line) and *new_pending (a new reference, or
  * NULL for None). Returns 0, 1 if pending is a non-empty prefix of the word
  * (left to the Python code), or -1 with an exception set.
  */
@@ -133,28 +101,6 @@ static int scan_chunk(const unsigned char *buf, Py_ssize_t n, PyObject *word_obj
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/*
- * feed(data, word, pending) -> (end, pending): StopWordScanner.feed() for a
- * scanner whose pending text is None or empty (the common case), with the
- * same results; (-2, pending) when pending is a non-empty prefix of the
- * word, which the Python code handles.
- */
-static PyObject *feed(PyObject *self, PyObject *args) {
-    Py_buffer data;
-    PyObject *word_obj, *pending, *new_pending, *result;
-    Py_ssize_t end;
-    if (!PyArg_ParseTuple(args, "y*SO", &data, &word_obj, &pending))
-        return NULL;
-    int r = scan_chunk(data.buf, data.len, word_obj, pending, &end, &new_pending);
-    PyBuffer_Release(&data);
-    if (r < 0)
-        return NULL;
-    if (r == 1)
-        return Py_BuildValue("nO", (Py_ssize_t)-2, pending);
-    result = Py_BuildValue("nO", end, new_pending ? new_pending : Py_None);
-    Py_XDECREF(new_pending);
-    return result;
-}
 
 /*
  * Scanner(word): netecho.stopword.StopWordScanner in C (the same state and
@@ -575,8 +521,9 @@ static PyObject *send_datagrams(PyObject *self, PyObject *args) {
  * None/negative to wait without end). Protocol-agnostic: any selectable.
  *
  * For a selectable whose type is one of `direct` (netecho's stream
- * transports, whose doRead() is exactly this), the read itself is done here:
- * recv() of up to 64 KiB into a new bytes object, then
+ * transports, whose doRead() is exactly this, with a bufferSize of 64 KiB)
+ * and whose doRead was not replaced on the instance, the read itself is
+ * done here: recv() of up to 64 KiB into a new bytes object, then
  * selectable.protocol.dataReceived(data); end of file and errors come back
  * as `done` and `lost` (Twisted's CONNECTION_DONE and CONNECTION_LOST).
  */
@@ -668,6 +615,23 @@ static PyObject *poll_dispatch(PyObject *self, PyObject *args) {
             for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(direct); k++)
                 if ((PyObject *)Py_TYPE(selectable) == PyTuple_GET_ITEM(direct, k))
                     is_direct = 1;
+            if (is_direct) {
+                /* Unless doRead was replaced on the instance (Twisted's
+                 * abortConnection does): then that is what runs. */
+                PyObject *dict = PyObject_GenericGetDict(selectable, NULL);
+                if (dict == NULL) {
+                    Py_DECREF(selectable);
+                    Py_DECREF(key);
+                    goto fail;
+                }
+                is_direct = PyDict_GetItemWithError(dict, str_doRead) == NULL && !PyErr_Occurred();
+                Py_DECREF(dict);
+                if (PyErr_Occurred()) {
+                    Py_DECREF(selectable);
+                    Py_DECREF(key);
+                    goto fail;
+                }
+            }
             if (is_direct)
                 why = direct_read(selectable, fd, done, lost);
             else
@@ -718,10 +682,6 @@ static PyMethodDef methods[] = {
      "poll_dispatch(epfd, maxevents, timeout, selectables, direct, done, lost) -> [(fd, events, outcome)]: one reactor wait (see _speedups.c)"},
     {"recv_datagrams", recv_datagrams, METH_VARARGS,
      "recv_datagrams(fd, count) -> ([(data, (host, port)), ...], dropped): up to count datagrams by one recvmmsg()"},
-    {"feed", feed, METH_VARARGS,
-     "feed(data, word, pending) -> (end, pending): StopWordScanner.feed for a None or empty pending; (-2, pending) otherwise"},
-    {"inner_stop_line", inner_stop_line, METH_VARARGS,
-     "inner_stop_line(data, word, start, end): index of the LF ending the first stop line after data[start], or -1"},
     {NULL, NULL, 0, NULL},
 };
 

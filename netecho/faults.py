@@ -289,7 +289,8 @@ class FaultyStream(policies.ProtocolWrapper):
         self.held = 0
         self._finished = False
         self._closing = False
-        self._readerPaused = False
+        self._readerPaused = False  # paused by us: too much held back
+        self._bufferFull = False  # paused by the transport: its write buffer is full
         #: (when, bytes or "reset"/"close"/"lose"), in the order written
         self._queue: collections.deque = collections.deque()
         self._next = 0.0  # the earliest the next piece may leave (pace)
@@ -409,7 +410,8 @@ class FaultyStream(policies.ProtocolWrapper):
                 self._next += spec.slice_delay
         if self._readerPaused and self.held <= HELD_BYTES // 2:
             self._readerPaused = False
-            self.transport.resumeProducing()
+            if not self._bufferFull:  # (the transport's own pause holds until it says otherwise)
+                self.transport.resumeProducing()
 
     def _due(self) -> None:
         self._timer = None
@@ -439,9 +441,11 @@ class FaultyStream(policies.ProtocolWrapper):
     # Producer calls from the transport go to the transport itself.
 
     def pauseProducing(self) -> None:
+        self._bufferFull = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._bufferFull = False
         if not self.spec.stall and not self._readerPaused:
             self.transport.resumeProducing()
 

@@ -1,11 +1,10 @@
-"""Abuse limits shared by the services: connection caps, idle timeout, token buckets."""
+"""Abuse limits shared by the services: connection caps, the idle sweep, rate windows."""
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
 import time
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable, Hashable
 
@@ -14,53 +13,6 @@ from twisted.internet import task
 
 from netecho.address import describe, unmap
 from netecho.throttle import ThrottledLog
-
-
-class TokenBuckets:
-    """
-    One token bucket per key (a source address), C{rate} tokens a second up
-    to C{burst}. The table keeps at most C{size} keys, forgetting the least
-    recently seen, so a flood of spoofed sources cannot grow it (NSD's
-    rate-limit table works the same way).
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float,
-        size: int = 4096,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.size = size
-        self._clock = clock
-        self._table: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
-
-    def _level(self, key: Hashable, now: float) -> float:
-        entry = self._table.get(key)
-        if entry is None:
-            return self.burst
-        tokens, then = entry
-        return min(self.burst, tokens + (now - then) * self.rate)
-
-    def allowed(self, key: Hashable) -> bool:
-        """True if C{key} has a token left (without taking one)."""
-        return self._level(key, self._clock()) >= 1
-
-    def take(self, key: Hashable) -> bool:
-        """Take a token for C{key}; False (and nothing taken) if it has none."""
-        now = self._clock()
-        tokens = self._level(key, now)
-        ok = tokens >= 1
-        if ok:
-            tokens -= 1
-        table = self._table
-        table[key] = (tokens, now)
-        table.move_to_end(key)
-        if len(table) > self.size:
-            table.popitem(last=False)
-        return ok
 
 
 class RateWindow:
@@ -286,14 +238,16 @@ class Guard:
 
     def _reap(self, sessions) -> bool:
         """Free the slots of those of C{sessions} (L{REAP_CHECKS} at most) whose peer has gone."""
-        gone = [s for s in itertools.islice(sessions, REAP_CHECKS) if s.peer_gone()]
+        # Newest first: a client that connects and closes in a loop leaves
+        # its dead connections behind its live ones.
+        gone = [s for s in itertools.islice(reversed(sessions), REAP_CHECKS) if s.peer_gone()]
         for session in gone:
             self._release(session)
         return bool(gone)
 
     def _make_room(self) -> bool:
-        every = itertools.chain.from_iterable(self._by_key.values())
-        if self._reap(list(itertools.islice(every, REAP_CHECKS))):
+        every = itertools.chain.from_iterable(reversed(s) for s in self._by_key.values())
+        if self._reap(list(itertools.islice(every, REAP_CHECKS))[::-1]):
             return True
         now = self.clock()
         slowest, slowest_rate = None, None

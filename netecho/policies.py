@@ -14,8 +14,6 @@ datagram protocol, with the UDP guards of L{netecho.datagram}.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from typing import Callable
 
@@ -29,6 +27,7 @@ from netecho.limits import Guard
 from netecho.stats import Stats
 from netecho.stopword import Scanner, is_stop_datagram
 from netecho.throttle import ThrottledLog
+from netecho.transports import peer_credentials, peer_gone
 
 log = Logger()
 
@@ -89,7 +88,7 @@ class Session(policies.ProtocolWrapper):
             alsoProvides(self, interfaces.IHalfCloseableProtocol)
         protocol.Protocol.makeConnection(self, transport)
         if self.kind == "unix":
-            self._credentials = self._peer_credentials()
+            self._credentials = peer_credentials(transport)
         factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
 
@@ -144,18 +143,8 @@ class Session(policies.ProtocolWrapper):
         self.transport.stopProducing()
 
     def peer_gone(self) -> bool:
-        """
-        Whether the peer has closed and nothing it sent is left to read: its
-        end of file is waiting on the socket (the caps may then stop
-        counting this connection before the reactor reads that end of file).
-        """
-        try:
-            sock = self.transport.getHandle()
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except Exception:  # not a socket (TLS, tests), or an error: leave it to the reactor
-            return False
+        """Whether the peer has gone and is owed nothing (see L{transports.peer_gone})."""
+        return peer_gone(self.transport)
 
     @property
     def peer(self) -> str:
@@ -164,16 +153,6 @@ class Session(policies.ProtocolWrapper):
         if self._credentials is not None:
             return self._credentials
         return describe(self.transport.getPeer())
-
-    def _peer_credentials(self) -> str | None:
-        """A Unix peer as its process and user (SO_PEERCRED): C{unix:pid=1234,uid=1000}."""
-        try:
-            sock = self.transport.getHandle()
-            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                             struct.calcsize("3i")))
-        except Exception:  # not a socket, or no credentials here: the address will do
-            return None
-        return f"unix:pid={pid},uid={uid}"
 
     def connectionLost(self, reason=None) -> None:
         factory = self.factory
@@ -284,6 +263,8 @@ class ServedDatagrams(protocol.DatagramProtocol):
         self.wrapped.makeConnection(self)
 
     def stopProtocol(self) -> None:
+        if self.faults is not None:
+            self.faults.cancel()  # replies still waiting for their time
         self.wrapped.doStop()
 
     def datagramReceived(self, data: bytes, addr: tuple) -> None:

@@ -15,10 +15,18 @@ protocols, so every Twisted protocol gains from them:
    of the 5 microseconds of Python an echo costs. The only visible
    difference: legacy log lines written during an event show C{[-]}
    (twisted.logger namespaces, which netecho uses, are unaffected). Where
-   netecho's C extension is built, the wait and the calls of C{doRead()}
-   for plain read events are one C call (C{poll_dispatch}); everything
-   else (writes, errors, hang-ups, what C{doRead()} returned or raised)
-   goes through Twisted's code as before.
+   netecho's C extension is built, the wait and the dispatch of plain read
+   events are one C call (C{poll_dispatch}): it calls C{doRead()}, or for
+   netecho's own stream transports does what their C{doRead()} does (recv,
+   then the protocol's C{dataReceived}); everything else (writes, errors,
+   hang-ups, what a read returned or raised) goes through Twisted's code as
+   before.
+
+Private Twisted API used here (bounded in setup.cfg): C{_poller} and
+C{_selectables} (EPollReactor's state), C{_doReadOrWrite} and
+C{_disconnectSelectable} (its dispatch, for what C{poll_dispatch} hands
+back), and the ports' C{_fromListeningDescriptor} (what Twisted's own
+C{adoptStreamPort}/C{adoptDatagramPort} call, here with netecho's ports).
 """
 
 from __future__ import annotations

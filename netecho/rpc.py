@@ -398,6 +398,7 @@ class GuardedBroker(pb.Broker):
         """Drop what is held and give back this connection's share of the unfinished bytes."""
         self._held.clear()
         self._held_bytes = 0
+        self._open = 0
         self.factory.service.hold(self, 0)
         for call in (self._resume, self._timer):
             if call is not None and call.active():
@@ -420,6 +421,8 @@ class GuardedBroker(pb.Broker):
 
     def _account(self) -> bool:
         """Count what is unfinished; False if that closed the connection."""
+        if self._closed:  # (refused meanwhile: nothing of it counts any more)
+            return False
         unfinished = self._open + self._held_bytes
         if unfinished > MESSAGE_BYTES:
             self.refuse("message too large")
@@ -635,7 +638,11 @@ class _BrokerPortal:
 
 
 class _Challenger(pb._PortalAuthChallenger):
-    """PB's answer to a password login (its remote_respond), with L{invoke}'s checks."""
+    """
+    PB's answer to a password login (its remote_respond), with L{invoke}'s
+    checks. Twisted names it privately; we subclass it to keep its
+    challenge-response, which clients speak.
+    """
 
     def remoteMessageReceived(self, broker, message, args, kw):
         return invoke(self.portal.service, broker, self, "remote_", message, args, kw)
@@ -752,7 +759,11 @@ class RPCService:
         else:
             holding.pop(broker, None)
         while self.unfinished > self.unfinished_limit and holding:
-            next(iter(holding)).refuse("too many unfinished bytes")
+            oldest = next(iter(holding))
+            self.unfinished -= oldest.unfinished  # (forgotten here first, so the loop ends even if
+            oldest.unfinished = 0                  # refuse() finds it closed already)
+            del holding[oldest]
+            oldest.refuse("too many unfinished bytes")
 
     def login_started(self, source: str) -> bool:
         """Count a password login from C{source}; False (nothing counted) if it has too many in progress."""

@@ -40,7 +40,7 @@ class Stats:
         self.bytes_sent: dict[str, int] = dict.fromkeys(ECHO_LABELS, 0)
         #: Faults injected on purpose (--faults), by kind.
         self.faults: dict[str, int] = {}
-        #: Refusals and drops by reason, e.g. ``{"udp_low_port": 3}``.
+        #: Refusals and drops by reason, e.g. ``{"udp_privileged_source_port": 3}``.
         self.dropped: dict[str, int] = {}
         self._udp_peers: set[tuple[str, int]] = set()
 

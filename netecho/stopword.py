@@ -6,10 +6,10 @@ import re
 from functools import lru_cache
 
 try:
-    # The scan in C (netecho/_speedups.c), when it could be built.
-    from netecho._speedups import Scanner as _CScanner, feed as c_feed, inner_stop_line
+    # The scanner in C (netecho/_speedups.c), when it could be built.
+    from netecho._speedups import Scanner as _CScanner
 except ImportError:  # pragma: no cover - depends on the build
-    _CScanner = c_feed = inner_stop_line = None
+    _CScanner = None
 
 #: What bytes.strip() trims, as a set and as a regular expression (less
 #: the line feed, which ends a line and so is never inside one).
@@ -32,11 +32,10 @@ def _candidate(text: bytes, word: bytes) -> bytes | None:
 @lru_cache(maxsize=16)
 def _inner_line(word: bytes):
     """
-    The search for a stop line with a line feed on both sides, where
-    netecho._speedups was not built: one pass of the regular expression engine
-    over the chunk (about twice as fast as C{word in data} on binary data,
-    whose bytes.find cannot skip far with a short needle; the C version
-    jumps from line feed to line feed with memchr).
+    The search for a stop line with a line feed on both sides: one pass of
+    the regular expression engine over the chunk (about twice as fast as
+    C{word in data} on binary data, whose bytes.find cannot skip far with a
+    short needle; the C scanner jumps from line feed to line feed with memchr).
     """
     return re.compile(b"\n" + _BLANKS + re.escape(word) + _BLANKS + b"(?=\n)").search
 
@@ -75,11 +74,6 @@ class StopWordScanner:
         """
         word = self.word
         pending = self.pending
-        if c_feed is not None:
-            end, new_pending = c_feed(data, word, pending)
-            if end != -2:  # (-2: a piece of the word is pending; done below)
-                self.pending = new_pending
-                return end
         first = data.find(b"\n")
         if first < 0:
             if pending is not None:
@@ -91,14 +85,9 @@ class StopWordScanner:
         # Lines wholly inside this chunk.
         last = data.rfind(b"\n")
         if first < last:
-            if inner_stop_line is not None:
-                end = inner_stop_line(data, word, first, last + 1)
-                if end >= 0:
-                    return end + 1
-            else:
-                found = self._search(data, first, last + 1)
-                if found is not None:
-                    return found.end() + 1
+            found = self._search(data, first, last + 1)
+            if found is not None:
+                return found.end() + 1
         # The unfinished last line. A candidate is whitespace, then at most
         # len(word) non-blank bytes, then (only after the whole word)
         # whitespace: if the last byte and the one len(word) before it are
@@ -112,5 +101,6 @@ class StopWordScanner:
 
 
 #: The scanner the services use: the C one (netecho._speedups.Scanner, the
-#: same state and answers, one call a chunk) where it was built.
+#: same state and answers, one call a chunk) where it was built; the Python
+#: StopWordScanner above is its twin (tests/test_stopword.py compares them).
 Scanner = _CScanner if _CScanner is not None else StopWordScanner

@@ -121,7 +121,7 @@ def start(kind: str, reactor=None, stop_word: str = "STOP", faults: str = "") ->
     if kind not in ("tcp", "unix", "random"):
         raise ValueError(f"unknown service {kind!r} (tcp, udp, unix, random)")
     if kind == "random":
-        factory = Served(RandomNumberFactory(), stats, "random", stop_word=word, faults=trouble)
+        factory = Served(RandomNumberFactory(), stats, "random", stop_word=word)  # (faults: echoes only, as the daemon)
     else:
         factory = Served(EchoFactory(), stats, "echo", stop_word=word, faults=trouble)
     drop_all = track_connections(factory)

@@ -82,6 +82,7 @@ class _EagerWrites:
             or self.dataBuffer
             or self._writeDisconnected
             or not self.connected
+            or self.TLS  # after startTLS(), writes go through the TLS layer (Twisted's write)
             or type(data) is not bytes
         ):
             return super().write(data)
@@ -147,9 +148,9 @@ def _address_family(host: str) -> int | None:
     return None
 
 
-#: setsockopt() option (Linux): every datagram read carries the socket's
-#: count of datagrams the kernel dropped for want of buffer space.
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+#: setsockopt() option (Linux only): every datagram read carries the
+#: socket's count of datagrams the kernel dropped for want of buffer space.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
 _DROPS_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -172,6 +173,8 @@ class DatagramPort(udp.Port):
     _queue = None
 
     def _connectToProtocol(self) -> None:
+        # Private: udp.Port's step between binding and reading, the one
+        # place that knows the socket and the protocol and starts nothing.
         self._batched = recv_datagrams is not None and self.addressFamily in (
             socket.AF_INET,
             socket.AF_INET6,
@@ -179,11 +182,13 @@ class DatagramPort(udp.Port):
         self._sendsLater = (
             self._batched and send_datagrams is not None and hasattr(self.protocol, "datagramNotSent")
         )
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            self._drops_counted = True
-        except OSError:  # not Linux: no count
-            self._drops_counted = False
+        self._drops_counted = False
+        if SO_RXQ_OVFL is not None:
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                self._drops_counted = True
+            except OSError:  # no count here
+                pass
         super()._connectToProtocol()
 
     def doRead(self) -> None:
@@ -377,3 +382,32 @@ def reset_connection(transport) -> None:
     except OSError:
         pass
     transport.abortConnection()
+
+
+def peer_gone(transport) -> bool:
+    """
+    Whether a stream connection's peer has closed and the connection owes
+    it nothing: its end of file waits on the socket (not yet read by the
+    reactor) and no byte written to it is still unsent. (A peer that only
+    shut down its sending side and still has an echo to read is not gone.)
+    """
+    try:
+        sock = transport.getHandle()
+        if not isinstance(sock, socket.socket):
+            return False  # TLS and the like: leave it to the reactor
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" and not unsent_bytes(transport)
+    except OSError:  # nothing to read (EAGAIN), or an error the reactor will meet
+        return False
+
+
+def peer_credentials(transport) -> str | None:
+    """A Unix stream peer as its process and user (SO_PEERCRED): C{unix:pid=1234,uid=1000}; None if unknown."""
+    try:
+        sock = transport.getHandle()
+        if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
+            return None
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return None
+    return f"unix:pid={pid},uid={uid}"

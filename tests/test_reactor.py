@@ -198,3 +198,21 @@ class PollDispatchTests(SynchronousTestCase):
         self.assertEqual(DIRECT_READS, (TCPServer, UNIXServer))
         for kind in DIRECT_READS:
             self.assertIs(kind.doRead, _EagerWrites.doRead)
+            self.assertEqual(kind.bufferSize, 65536)  # what the C read takes at once
+
+    def test_instance_doread_wins(self):
+        """A direct type whose doRead was replaced on the instance (as abortConnection does) gets that called."""
+        calls = []
+
+        class Direct:
+            protocol = None
+
+            def doRead(self):
+                raise AssertionError("the class's doRead")
+
+        a, b = self.pair()
+        selectable = Direct()
+        selectable.doRead = lambda: calls.append("instance") or None
+        b.send(b"x")
+        self.assertEqual(self.dispatch({a.fileno(): selectable}, direct=(Direct,)), [])
+        self.assertEqual(calls, ["instance"])

@@ -11,7 +11,6 @@ from twisted.spread import pb
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netecho import rpc
-from netecho.limits import TokenBuckets
 from netecho.stats import Stats
 
 
@@ -77,19 +76,6 @@ class ArityTests(SynchronousTestCase):
         t = Target()
         self.assertEqual([rpc._arity(m) for m in (t.one, t.two_or_three, t.many, t.none)],
                          [(1, 1), (2, 3), None, (0, 0)])
-
-
-class TokenBucketTests(SynchronousTestCase):
-    def test_burst_refill_and_bound(self):
-        clock = task.Clock()
-        buckets = TokenBuckets(rate=1, burst=2, size=3, clock=clock.seconds)
-        self.assertEqual([buckets.take("a") for _ in range(3)], [True, True, False])
-        self.assertFalse(buckets.allowed("a"))
-        clock.advance(1)
-        self.assertTrue(buckets.take("a"))
-        for key in "bcde":
-            buckets.take(key)
-        self.assertEqual(len(buckets._table), 3)
 
 
 # --- Banana by hand: what a client that does not play by PB's rules sends -----------

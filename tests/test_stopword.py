@@ -116,23 +116,6 @@ class StopWordAgainstReferenceTests(SynchronousTestCase):
         self.assertRaises(ValueError, stopword.StopWordScanner, b" STOP")
 
 
-class PurePythonScannerTests(StopWordScannerTests, StopWordAgainstReferenceTests):
-    """The same tests with the pure-Python inner search (no netecho._speedups)."""
-
-    def setUp(self):
-        self.patch(stopword, "c_feed", None)
-        self.patch(stopword, "inner_stop_line", None)
-
-
-class CInnerLoopOnlyTests(StopWordScannerTests, StopWordAgainstReferenceTests):
-    """The same tests with netecho._speedups's inner search but Python's feed."""
-
-    def setUp(self):
-        if stopword.inner_stop_line is None:
-            raise SkipTest("netecho._speedups is not built (CScannerTests says whether that is allowed)")
-        self.patch(stopword, "c_feed", None)
-
-
 class CScannerTypeTests(StopWordScannerTests, StopWordAgainstReferenceTests):
     """The same tests with netecho._speedups.Scanner, the scanner the services use where it is built."""
 
@@ -166,12 +149,8 @@ PYTHON_SCANNER = stopword.StopWordScanner
 
 class CScannerTests(SynchronousTestCase):
     def test_built(self):
-        """Where the suite's C extension was built (CI), the scanner uses it."""
-        if stopword.inner_stop_line is None or stopword.c_feed is None:
+        """Where the suite's C extension was built (CI), the services use the C scanner."""
+        if stopword._CScanner is None:
             peers.missing("netecho._speedups is not built (needs gcc and Python's headers; scripts/test builds it)")
-        self.assertEqual(stopword.c_feed(b"ab\n  STOP\t\nc", b"STOP", None), (11, None))
-        self.assertEqual(stopword.c_feed(b"ab\nST", b"STOP", None), (-1, b"ST"))
-        self.assertEqual(stopword.c_feed(b"OP", b"STOP", b"ST"), (-2, b"ST"))
-        self.assertEqual(stopword.inner_stop_line(b"x\n STOP \ny\n", b"STOP", 1, 11), 8)
-        self.assertEqual(stopword.inner_stop_line(b"x\nSTOPx\nSTOP\n", b"STOP", 1, 13), 12)
-        self.assertEqual(stopword.inner_stop_line(b"x\nSTOP\n", b"STOP", 1, 6), -1)  # its LF is not before end
+        self.assertIs(stopword.Scanner, stopword._CScanner)
+        self.assertIsNot(stopword.StopWordScanner, stopword._CScanner)  # the Python twin stays pure Python

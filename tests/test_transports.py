@@ -282,6 +282,45 @@ class StreamTransportTests(TestCase):
         self.assertEqual(served.stats.bytes_echoed, len(data))
 
 
+class StartTLSTests(TestCase):
+    async def test_writes_after_starttls_are_encrypted(self):
+        """After startTLS(), eager writes must not bypass the TLS layer (no plaintext on the wire)."""
+        import ssl
+
+        from twisted.internet import ssl as twisted_ssl
+
+        from tests.integration.test_daemon import self_signed
+
+        key, cert = self_signed(tempfile.mkdtemp())
+        context = twisted_ssl.DefaultOpenSSLContextFactory(key, cert)
+
+        class Upgrading(protocol.Protocol):
+            def dataReceived(self, data):
+                if data == b"STARTTLS\n":
+                    self.transport.startTLS(context)
+                    self.transport.write(b"secret\n")
+
+        service = serve(self, "tcp", protocol.Factory.forProtocol(Upgrading))
+
+        def talk() -> tuple[bytes, bytes]:
+            with connect(service) as raw:
+                raw.settimeout(0.5)
+                raw.sendall(b"STARTTLS\n")
+                try:
+                    early = raw.recv(100)  # before the handshake nothing may come
+                except TimeoutError:
+                    early = b""
+                client = ssl.create_default_context()
+                client.check_hostname = False
+                client.verify_mode = ssl.CERT_NONE
+                raw.settimeout(10)
+                with client.wrap_socket(raw) as tls:
+                    return early, tls.recv(100)
+
+        early, secret = await threads.deferToThread(talk)
+        self.assertEqual((early, secret), (b"", b"secret\n"))
+
+
 def udp_family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 

@@ -118,6 +118,6 @@ class PackagingTests(TestCase):
         run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(self.artifact(".tar.gz"))],
             env=env)
         out = run([python, "-c", "import netecho.transports as t, netecho.stopword as s; "
-                   "print(t.recv_datagrams, s.c_feed, s.StopWordScanner(b'STOP').feed(b'a\\n STOP\\n'))"])
+                   "print(t.recv_datagrams, s._CScanner, s.Scanner(b'STOP').feed(b'a\\n STOP\\n'))"])
         self.assertEqual(out.split(), ["None", "None", "8"])
         self.assertRegex(run([str(venv / "bin" / "twistd"), "--help"]), r"\n\s+netecho\s+TCP, UDP")
