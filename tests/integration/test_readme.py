@@ -25,11 +25,15 @@ class ReadmeExampleTests(TestCase):
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
         return out.stdout + out.stderr
 
-    def test_trial_example(self):
-        (code,) = [b for b in python_blocks() if "unittest.TestCase" in b]
-        self.assertIn("PASSED (successes=1)", self.run_example(code, "twisted.trial", "test_example"))
+    def test_trial_examples(self):
+        blocks = [b for b in python_blocks() if "unittest.TestCase" in b]
+        self.assertEqual(len(blocks), 2)  # netecho.testing, then faults on purpose
+        for code in blocks:
+            self.assertIn("PASSED (successes=1)", self.run_example(code, "twisted.trial", "test_example"))
 
-    def test_pytest_example(self):
-        (code,) = [b for b in python_blocks() if "pytest_twisted" in b]
-        out = self.run_example(code, "pytest", "-p", "netecho.pytest_plugin", "-p", "no:cacheprovider", "-q")
-        self.assertIn("1 passed", out)
+    def test_pytest_examples(self):
+        blocks = [b for b in python_blocks() if "pytest_twisted" in b]
+        self.assertEqual(len(blocks), 2)
+        for code in blocks:
+            out = self.run_example(code, "pytest", "-p", "netecho.pytest_plugin", "-p", "no:cacheprovider", "-q")
+            self.assertIn("1 passed", out)
