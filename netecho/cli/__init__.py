@@ -10,7 +10,7 @@ import os
 import sys
 
 from netecho import __version__
-from netecho.cli import bench, lookup, rpc, stream, udp
+from netecho.cli import bench, lookup, ping, rpc, stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.register(sub)
     lookup.register(sub)
     bench.register(sub)
+    ping.register(sub)
     # No abbreviations: argparse would take --password for --password-file
     # and print the secret in its error.
     for p in (parser, *sub.choices.values()):

@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, interfaces, task
+from zope.interface import implementer
 
 from netecho.address import join_host_port, split_host_port
+from netecho.cli import tls as tls_options
 from netecho.cli.lines import LineConnection, StdinLines
-from netecho.errors import UserError, dial_error, io_error
+from netecho.errors import EXIT_USAGE, UserError, dial_error, io_error
 
 
 def _show(reply: bytes) -> str:
@@ -43,8 +45,27 @@ def whole(value: str, least: int = 0) -> int:
     return int(value)
 
 
+@implementer(interfaces.IHandshakeListener)
+class TLSLineConnection(LineConnection):
+    """A L{LineConnection} that knows when its TLS handshake is done (C{handshake})."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshake = defer.Deferred()
+
+    def handshakeCompleted(self) -> None:
+        self.handshake.callback(None)
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        super().connectionLost(reason)
+
+
 class StreamClient:
     """One connection to a stream echo server, and the ways of using it."""
+
+    tls: tls_options.ClientTLS | None = None  # set by --tls
 
     def __init__(self, reactor, args: argparse.Namespace, network: str) -> None:
         self.reactor = reactor
@@ -60,13 +81,37 @@ class StreamClient:
             self.target = join_host_port(host, port)
             self.endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=args.timeout)
             self.name = "TCP"
+            if getattr(args, "tls", False):
+                self.tls = tls_options.ClientTLS.from_args(args, host)
+                self.endpoint = self.tls.wrap(self.endpoint)
         self.stop_word = args.stop_word.strip().encode()
 
     async def connect(self) -> None:
         try:
-            self.conn = await endpoints.connectProtocol(self.endpoint, LineConnection())
+            self.conn = await endpoints.connectProtocol(
+                self.endpoint, LineConnection() if self.tls is None else TLSLineConnection()
+            )
         except Exception as e:
             raise dial_error(self.network, self.target, e) from None
+        if self.tls is not None:
+            await self._handshake()
+
+    async def _handshake(self) -> None:
+        d = self.conn.handshake
+        d.addTimeout(self.args.timeout, self.reactor)
+        handle = self.conn.transport.getHandle()
+        try:
+            await d
+        except defer.TimeoutError:
+            self.conn.transport.abortConnection()
+            raise UserError(f"tls {self.target}: no handshake within {self.args.timeout:g}s") from None
+        except Exception as e:
+            raise self.tls.failure(self.target, e, handle) from None
+        reason = self.tls.check(handle)
+        if reason is not None:
+            self.conn.transport.abortConnection()
+            await self.conn.closed
+            raise UserError(f"tls {self.target}: {reason}")
 
     async def exchange(self, line: bytes) -> bytes:
         """Send C{line} and return the reply (up to its LF)."""
@@ -142,6 +187,12 @@ def _run(network: str):
     def run(args: argparse.Namespace) -> int:
         from netecho.cli.runner import run as run_on_reactor
 
+        if network == "tcp":
+            problem = tls_options.usage_problem(args)
+            if problem:
+                sys.stderr.write(f"netecho tcp: error: {problem}\n")
+                return EXIT_USAGE
+
         return run_on_reactor(lambda reactor: StreamClient(reactor, args, network).main())
 
     return run
@@ -168,6 +219,7 @@ def register(sub) -> None:
     )
     tcp.add_argument("address", metavar="HOST:PORT", type=host_port, help="e.g. 127.0.0.1:1234, [::1]:1234, localhost:1234")
     _common(tcp)
+    tls_options.add_options(tcp)
     tcp.set_defaults(run=_run("tcp"))
 
     unix = sub.add_parser(
