@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from netecho.cli.bench import measure  # noqa: E402  (the checkout's load generator)
+from netecho.bench import measure  # noqa: E402  (the checkout's load generator)
 from netecho.errors import UserError  # noqa: E402
 
 SERVERS = ("netecho", "netecho-twisted-reactor", "twisted", "asyncio", "uvloop", "c")

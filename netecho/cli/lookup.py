@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from netecho import lookup
 from netecho.address import is_ip, split_host_port
-from netecho.cli.stream import positive, whole
+from netecho.cli.types import positive, whole
 from netecho.errors import UserError
 
 #: The subcommand's types: DNS record types, plus C{ip} (names of an

@@ -9,7 +9,7 @@ import sys
 
 from netecho.address import split_host_port
 from netecho.cli import tls as tls_options
-from netecho.cli.stream import positive, whole
+from netecho.cli.types import positive, whole
 from netecho.errors import EXIT_USAGE
 from netecho.ping import MAX_STREAM_SIZE, MAX_UDP_SIZE, MIN_SIZE, TRANSPORTS, Event, Pinger, Statistics
 

@@ -13,7 +13,7 @@ from twisted.internet import defer, endpoints
 from twisted.spread import pb
 
 from netecho.address import join_host_port
-from netecho.cli.stream import host_port, positive
+from netecho.cli.types import host_port, positive
 from netecho.errors import UserError, dial_error
 
 CALLS = ("add", "subtract", "echo", "stats", "lookup", "faults", "quit")

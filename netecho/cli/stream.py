@@ -9,40 +9,16 @@ import sys
 from twisted.internet import defer, endpoints, interfaces, task
 from zope.interface import implementer
 
-from netecho.address import join_host_port, split_host_port
+from netecho.address import join_host_port
 from netecho.cli import tls as tls_options
 from netecho.cli.lines import LineConnection, StdinLines
+from netecho.cli.types import host_port, positive, whole
 from netecho.errors import EXIT_USAGE, UserError, dial_error, io_error
 
 
 def _show(reply: bytes) -> str:
     text = reply.decode("utf-8", "backslashreplace")
     return text[:-1] if text.endswith("\n") else text
-
-
-def positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0")
-    return number
-
-
-def host_port(value: str) -> tuple[str, int]:
-    """argparse type for C{HOST:PORT} / C{[IPv6]:PORT}."""
-    try:
-        return split_host_port(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def whole(value: str, least: int = 0) -> int:
-    """argparse type for a whole number of at least C{least}."""
-    if not (value.isascii() and value.isdigit()) or int(value) < least:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= {least}")
-    return int(value)
 
 
 @implementer(interfaces.IHandshakeListener)

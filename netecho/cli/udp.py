@@ -9,7 +9,7 @@ import sys
 from twisted.internet import defer, error, protocol, threads
 
 from netecho.address import is_ip, join_host_port
-from netecho.cli.stream import host_port, positive, whole
+from netecho.cli.types import host_port, positive, whole
 from netecho.datagram import MAX_DATAGRAM
 from netecho.errors import UserError
 
