@@ -5,6 +5,7 @@ The daemon's top service: starting every listener or none, signals,
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
@@ -277,6 +278,9 @@ class NetechoService(service.MultiService):
         self._stopping = False
         self._notifier: task.LoopingCall | None = None
         self._watchdog = False
+        #: With --workers: the L{netecho.workers.Supervisor} of the worker processes.
+        self.workers = None
+        self._exit_status = 0
 
     def privilegedStartService(self) -> None:
         if self.twistd_log is not None:
@@ -304,6 +308,12 @@ class NetechoService(service.MultiService):
 
     def _ready(self) -> None:
         self._ignore_repeated_stop_signals()
+        if self.workers is not None:  # ready once every worker serves
+            self.workers.serving.addCallback(lambda _: self._announce())
+            return
+        self._announce()
+
+    def _announce(self) -> None:
         listeners = [c.name for c in self if hasattr(c, "listener")]
         log.info("netecho ready: {listeners}", listeners=", ".join(listeners))
         if sd_notify("READY=1\n" + self._status()):
@@ -385,15 +395,40 @@ class NetechoService(service.MultiService):
         except ReactorNotRunning:
             pass  # already stopping (SIGTERM at the same moment)
 
+    def fail_daemon(self, why: str) -> None:
+        """Stop the daemon with exit status 1 (twistd itself would exit 0)."""
+        if self._exit_status == 0:
+            self._exit_status = 1
+            atexit.register(_exit_now, 1)
+        self.stop_daemon(why)
+
     def stopService(self):
         if self._notifier is not None and self._notifier.running:
             self._notifier.stop()
         d = super().stopService()
-        log.info("{summary}", summary=self.stats.summary())
-        if self.stats.dropped:
-            drops = " ".join(f"{k}={v}" for k, v in sorted(self.stats.dropped.items()))
-            log.info("dropped: {drops}", drops=drops)
-        if self.stats.faults:
-            injected = " ".join(f"{k}={v}" for k, v in sorted(self.stats.faults.items()))
-            log.info("faults: {injected}", injected=injected)
+        if self.workers is not None:
+            # The workers' last counts arrive as they end: sum them then.
+            return d.addCallback(lambda result: (self._log_summary(), result)[1])
+        self._log_summary()
         return d
+
+    def _log_summary(self) -> None:
+        stats = self.stats.combined()
+        log.info("{summary}", summary=stats.summary())
+        if stats.dropped:
+            drops = " ".join(f"{k}={v}" for k, v in sorted(stats.dropped.items()))
+            log.info("dropped: {drops}", drops=drops)
+        if stats.faults:
+            injected = " ".join(f"{k}={v}" for k, v in sorted(stats.faults.items()))
+            log.info("faults: {injected}", injected=injected)
+
+
+def _exit_now(status: int) -> None:
+    # At interpreter exit, after twistd has stopped everything and removed
+    # its pidfile: the only way left to choose twistd's exit status.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)

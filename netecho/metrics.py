@@ -37,7 +37,7 @@ class StatsCollector:
         self.stats = stats
 
     def collect(self):
-        s = self.stats
+        s = self.stats.combined()
         connections = CounterMetricFamily(
             "netecho_connections", "Stream connections accepted, by service.", labels=["service"])
         active = GaugeMetricFamily(
@@ -93,6 +93,19 @@ class StatsCollector:
         for outcome in ("ok", "error"):
             lookups.add_metric([outcome], s.lookups.get(outcome, 0))
         yield lookups
+
+        workers = self.stats.by_worker()
+        if workers:  # --workers: how the load spreads
+            per_connections = CounterMetricFamily(
+                "netecho_worker_connections", "Stream connections accepted, by worker process.",
+                labels=["worker"])
+            per_bytes = CounterMetricFamily(
+                "netecho_worker_bytes_echoed", "Bytes echoed back, by worker process.", labels=["worker"])
+            for number, counts in workers.items():
+                per_connections.add_metric([number], sum(counts.opened.values()))
+                per_bytes.add_metric([number], counts.bytes_echoed)
+            yield per_connections
+            yield per_bytes
 
         yield GaugeMetricFamily("netecho_uptime_seconds", "Seconds since the daemon started.",
                                 value=s.uptime())

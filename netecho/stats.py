@@ -133,6 +133,14 @@ class Stats:
         """Distinct UDP source addresses echoed to (exact up to a bound)."""
         return len(self._udp_peers)
 
+    def combined(self) -> "Stats":
+        """The counters of the whole daemon (with --workers, summed over its processes)."""
+        return self
+
+    def by_worker(self) -> dict[str, "Stats"]:
+        """Each worker process's counters, by worker number (none without --workers)."""
+        return {}
+
     def uptime(self) -> float:
         """Seconds since the counters were created."""
         return self._clock() - self.started

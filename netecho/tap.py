@@ -185,6 +185,20 @@ class Options(usage.Options):
         """Prometheus exposition at /metrics on PORT (loopback only) or an ENDPOINT. It is not an echo listener: with --metrics alone, the defaults (--tcp 1234 --udp 1234 --pb 8787) are started too. Example: --metrics 9101"""
         self["metrics"].append(value)
 
+    def opt_workers(self, value: str) -> None:
+        """Worker processes serving the same listeners (default 1; auto: one a usable CPU). The parent binds every listener and serves PB and metrics; the workers serve TCP, UDP, Unix and random. Example: --workers auto"""
+        from netecho.workers import parse_workers
+
+        try:
+            self["workers"] = parse_workers(value)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def parseOptions(self, options=None) -> None:
+        #: The arguments as given, for the worker processes of --workers.
+        self.argv = list(options) if options is not None else []
+        super().parseOptions(options)
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"netecho {__version__}")
@@ -235,8 +249,12 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--pb-users {e}") from None
 
 
-def makeService(config: Options, reactor=None) -> NetechoService:
-    """Build the daemon's service tree from parsed options; binds nothing yet."""
+def makeService(config: Options, reactor=None, worker=None) -> NetechoService:
+    """
+    Build the daemon's service tree from parsed options; binds nothing yet.
+    With C{--workers} above 1, the tree of the parent (L{netecho.workers});
+    C{worker} is given only in a worker process (a L{netecho.workers.WorkerRole}).
+    """
     if reactor is None:
         try:
             from netecho.reactor import for_netecho
@@ -244,8 +262,11 @@ def makeService(config: Options, reactor=None) -> NetechoService:
             from twisted.internet import reactor
         else:
             reactor = for_netecho()
-    stats = Stats()
-    top = NetechoService(
+    supervising = worker is None and config.get("workers", 1) > 1
+    if supervising:
+        from netecho import workers
+    stats = workers.DaemonStats() if supervising else Stats()
+    top = (worker.service if worker is not None else NetechoService)(
         reactor,
         stats,
         exit_on_stop=config["exit-on-stop"],
@@ -265,7 +286,9 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         on_stop_word=top.stop_word_heard if config["exit-on-stop"] else None,
         log_data=config["log-data"],
     )
-    trouble = faults.Faults(stats, config["faults"], reactor)
+    trouble = (workers.SharedFaults if supervising else faults.Faults)(stats, config["faults"], reactor)
+    if worker is not None:
+        worker.trouble = trouble
     if config["faults"].stream or config["faults"].datagram:
         log.warn("faults on purpose (--faults {spec}): the echo services misbehave", spec=config["faults"])
     rpc = RPCService(reactor, stats, top.stop_daemon, users=config["users"], guard=guard, faults=trouble)
@@ -290,7 +313,12 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         "pb": rpc.factory,
         "metrics": lambda: metrics_site(stats),
     }
-    for listener in config["listeners"]:
+    for index, listener in enumerate(config["listeners"]):
+        if worker is not None:  # a worker of --workers adopts what its parent bound
+            child = worker.listener_service(index, listener, serves[listener.option], own_ports)
+            if child is not None:
+                child.setServiceParent(top)
+            continue
         if listener.option == "udp":
             child = DatagramListenerService(
                 reactor, listener, serves["udp"](), own_ports, rcvbuf=config["udp-rcvbuf"]
@@ -298,4 +326,6 @@ def makeService(config: Options, reactor=None) -> NetechoService:
         else:
             child = StreamListenerService(reactor, listener, serves[listener.option](), own_ports)
         child.setServiceParent(top)
+    if supervising:
+        workers.Supervisor(reactor, config, stats, trouble).setServiceParent(top)
     return top
