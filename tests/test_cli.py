@@ -60,6 +60,32 @@ class ParserTests(SynchronousTestCase):
             self.assertFalse(p.allow_abbrev, p.prog)
 
 
+    def test_usage_errors_name_the_subcommand(self):
+        """An unknown option gets the subcommand's usage line; --count without --repeat is refused."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        e = self.assertRaises(SystemExit, main, ["tcp", "127.0.0.1:7", "--bogus"])
+        self.assertEqual(e.code, 2)
+        self.assertIn("usage: netecho tcp", err.getvalue())
+        self.assertIn("unrecognized arguments: --bogus", err.getvalue())
+        err.truncate(0)
+        self.assertEqual(main(["unix", "/nonexistent.sock", "--count", "3"]), 2)
+        self.assertIn("--count and --interval go with --repeat TEXT", err.getvalue())
+
+
+    def test_completion_scripts(self):
+        """netecho completion bash|zsh: scripts made from the same parsers, naming every subcommand."""
+        for shell, marker in (("bash", "complete -o bashdefault -F _shtab_netecho netecho"), ("zsh", "#compdef netecho")):
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            self.assertEqual(main(["completion", shell]), 0)
+            script = out.getvalue()
+            self.assertIn(marker, script)
+            for command in ("tcp", "udp", "unix", "ping", "rpc", "lookup", "bench", "plugin-cache"):
+                self.assertIn(command, script)
+            self.assertIn("--password-file", script)
+
+
 class LineConnectionTests(SynchronousTestCase):
     def setUp(self):
         self.conn = LineConnection()

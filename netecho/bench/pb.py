@@ -39,7 +39,7 @@ def pb_loop(plan: Plan, first: int, channel) -> Tally:
             avatar = await login
         except defer.TimeoutError:
             factory.disconnect()
-            raise UserError(f"dial tcp {target}: no login reply within {timeout:g}s") from None
+            raise UserError(f"pb login {target}: no reply within {timeout:g}s (is this a PB port?)") from None
         except pb.RemoteError as e:
             factory.disconnect()
             raise UserError(f"rpc {target}: login refused: {e}") from None

@@ -10,7 +10,8 @@ import os
 import sys
 
 from netecho import __version__
-from netecho.cli import bench, lookup, ping, rpc, stream, udp
+from netecho.errors import EXIT_FAILURE, UserError
+from netecho.cli import bench, lookup, ping, rpc, setup_cmds, stream, udp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.register(sub)
     lookup.register(sub)
     bench.register(sub)
+    setup_cmds.register(sub)
     ping.register(sub)
     # No abbreviations: argparse would take --password for --password-file
     # and print the secret in its error.
     for p in (parser, *sub.choices.values()):
         p.allow_abbrev = False
+        if p is not parser:
+            p.set_defaults(parser=p)  # its usage line for its errors
     return parser
 
 
@@ -59,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         take_extra = getattr(args, "take_extra", None)
         if take_extra is None:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            # The subcommand's own usage line, not the top-level one.
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         take_extra(args, extra, parser)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UserError as e:  # (the reactor's subcommands report theirs in netecho.cli.runner)
+        print(str(e), file=sys.stderr)
+        return EXIT_FAILURE

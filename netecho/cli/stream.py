@@ -168,6 +168,9 @@ def _run(network: str):
             if problem:
                 sys.stderr.write(f"netecho tcp: error: {problem}\n")
                 return EXIT_USAGE
+        elif getattr(args, "repeat", None) is None and (args.count or args.interval != 1.0):
+            sys.stderr.write("netecho unix: error: --count and --interval go with --repeat TEXT\n")
+            return EXIT_USAGE
 
         return run_on_reactor(lambda reactor: StreamClient(reactor, args, network).main())
 

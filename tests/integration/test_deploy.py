@@ -169,13 +169,19 @@ class UnitFileTests(TestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
 
     def copy_units(self, twistd: str) -> str:
-        """The units in a fresh directory, ExecStart's twistd replaced by C{twistd}."""
+        """
+        The units in a fresh directory, ExecStart's twistd pointed at
+        C{twistd} (VENV/bin/twistd) by exactly the sed deploy/README.md
+        gives for verifying the units from a checkout.
+        """
         target = tempfile.mkdtemp(dir=self.dir)
         for name in UNITS:
-            with open(os.path.join(DEPLOY, name)) as f:
-                text = f.read()
-            with open(os.path.join(target, name), "w") as f:
-                f.write(text.replace(INSTALLED_TWISTD, twistd))
+            shutil.copy(os.path.join(DEPLOY, name), target)
+        venv = os.path.dirname(os.path.dirname(twistd))
+        subprocess.run(["sh", "-c", f"sed -i 's|/opt/netecho/|{venv}/|' *.service"], cwd=target, check=True,
+                       timeout=30)
+        with open(os.path.join(target, "netecho.service")) as f:
+            self.assertIn(f"ExecStart={twistd} ", f.read())
         return target
 
     def analyze(self, *args: str, cwd: str) -> subprocess.CompletedProcess:
@@ -233,7 +239,7 @@ class UnitFileTests(TestCase):
         self.assertEqual(out.returncode, 0)  # the trap: unknown keys do not fail verify
         self.assertIn("Unknown key 'NoSuchKey'", out.stderr)
         self.assertIn("2s  # x", out.stderr)
-        missing = self.copy_units(os.path.join(self.dir, "no-such-twistd"))
+        missing = self.copy_units(os.path.join(self.dir, "no-such-venv", "bin", "twistd"))
         out = self.analyze("verify", os.path.join(missing, "netecho.service"), cwd=missing)
         self.assertEqual(out.returncode, 1)
         self.assertIn("not executable", out.stderr)

@@ -98,6 +98,16 @@ class PackagingTests(TestCase):
                        "--exit-on-stop", "--stop-signal", "--log-data"):
             self.assertIn(option + ("=" if option not in ("--exit-on-stop", "--log-data") else " "), help_text)
         self.assertIn("netecho ", run([str(bin_ / "netecho"), "--version"]))
+        # The README's install step for unprivileged daemons: the plugin cache, written once.
+        caches = list(venv.glob("lib/python*/site-packages/twisted/plugins/dropin.cache"))
+        for cache in caches:
+            cache.unlink()
+        self.assertIn("plugin cache written: ", run([str(bin_ / "netecho"), "plugin-cache"]))
+        self.assertEqual(len(list(venv.glob("lib/python*/site-packages/twisted/plugins/dropin.cache"))), 1)
+        completion = subprocess.run(
+            ["bash", "-c", f"source <({bin_ / 'netecho'} completion bash) && complete -p netecho"],
+            capture_output=True, text=True, timeout=60)
+        self.assertIn("_shtab_netecho netecho", completion.stdout, completion.stderr)
         self.assertIn("netecho ", run([str(bin_ / "python"), "-m", "netecho", "--version"]))
 
     def test_wheel(self):
