@@ -171,6 +171,8 @@ class DatagramPort(udp.Port):
 
     _drops = 0
     _queue = None
+    #: The address the datagram being handled came from (it needs no checks).
+    _fromKernel = None
 
     def _connectToProtocol(self) -> None:
         # Private: udp.Port's step between binding and reading, the one
@@ -214,11 +216,16 @@ class DatagramPort(udp.Port):
                 raise
             if dropped >= 0 and dropped != self._drops:
                 self._kernelDropped(dropped)
-            if self._sendsLater:
+            # Replies go out together only after a full batch: then the
+            # socket is busy and one sendmmsg() saves system calls; after a
+            # short one, holding a reply back would only add latency (with
+            # few peers in a closed loop it lowered throughput).
+            if self._sendsLater and len(batch) == BATCH:
                 self._queue = []
             try:
                 for data, addr in batch:
                     budget -= len(data) or 1
+                    self._fromKernel = addr
                     try:
                         received(data, addr)
                     except Exception:
@@ -255,13 +262,14 @@ class DatagramPort(udp.Port):
             tell(more)
 
     def write(self, datagram: bytes, addr: tuple[str, int] | None = None) -> None:
-        if self._connectedAddr or addr is None:
-            return super().write(datagram, addr)
-        family = _address_family(addr[0])
-        if family is None or (family == socket.AF_INET6 and self.addressFamily == socket.AF_INET) or (
-            family == socket.AF_INET and self.addressFamily == socket.AF_INET6
-        ):
-            return super().write(datagram, addr)  # which raises what Twisted raises
+        if addr is None or addr is not self._fromKernel:  # (a reply to the datagram just read needs no check)
+            if self._connectedAddr or addr is None:
+                return super().write(datagram, addr)
+            family = _address_family(addr[0])
+            if family is None or (family == socket.AF_INET6 and self.addressFamily == socket.AF_INET) or (
+                family == socket.AF_INET and self.addressFamily == socket.AF_INET6
+            ):
+                return super().write(datagram, addr)  # which raises what Twisted raises
         queue = self._queue
         if queue is not None and type(datagram) is bytes:
             queue.append((datagram, addr))
