@@ -4,7 +4,8 @@ and returns its report (the dict C{--json} prints).
 
 One module per concern: L{plan} (what a run does, messages, the open-loop
 schedule), L{histogram} (fixed-size latency histogram), L{tally} (what a
-loop counts, and when), L{streams} (TCP and Unix), L{datagrams} (UDP),
+loop counts, and when), L{streams} (TCP and Unix), L{tlsstreams} (TCP
+over TLS, on Twisted's TLS), L{datagrams} (UDP),
 L{connects} (connection rate), L{pb} (Perspective Broker), L{workers}
 (worker processes), L{progress} (the terminal line) and L{report} (the
 report, its table and the verdict).
@@ -36,7 +37,7 @@ def measure(transport: str, address, *, connections: int = 10, size: int = 1024,
             duration: float = 5.0, warmup: float = 1.0, timeout: float | None = None,
             processes: int = 1, pb_call: str = "echo", progress: bool = False,
             rate: float | None = None, pipeline: int = 1, interval: float | None = None,
-            on_interval: Callable[[dict], None] | None = None) -> dict:
+            on_interval: Callable[[dict], None] | None = None, tls: dict | None = None) -> dict:
     """
     Run one benchmark; return the report as a dict (what C{--json} prints).
     C{address} is C{(host, port)} or a Unix socket path.
@@ -47,6 +48,8 @@ def measure(transport: str, address, *, connections: int = 10, size: int = 1024,
         each also handed to C{on_interval} as it ends.
     @param progress: draw a progress line on stderr (the caller checks it
         is a terminal).
+    @param tls: tcp over TLS: C{netecho.cli.tls.ClientTLS}'s arguments
+        (C{host}, C{ca}, C{insecure}, C{sni}, C{cert}, C{key}).
     @raise UserError: the target cannot be reached (one line for the user).
     """
     network = network_of(transport, address)
@@ -56,10 +59,10 @@ def measure(transport: str, address, *, connections: int = 10, size: int = 1024,
     plan = Plan(transport=transport, network=network, family=family, sockaddr=sockaddr,
                 target=target_text(network, address), connections=connections, size=size,
                 duration=duration, warmup=warmup, timeout=timeout, processes=processes,
-                pb_call=pb_call, rate=rate, pipeline=pipeline, interval=interval)
+                pb_call=pb_call, rate=rate, pipeline=pipeline, interval=interval, tls=tls)
     if network == "udp":
         probe(plan)
-    elif transport == "connect":
+    elif transport == "connect" or tls is not None:
         connect(plan, min(timeout, 5.0)).close()  # an unreachable target is one line
     drawer = Progress(plan, sys.stderr) if progress else None
 

@@ -30,6 +30,8 @@ class Plan:
         once L{share} has been applied); None for closed loop.
     @ivar pipeline: messages in flight per connection (closed loop).
     @ivar interval: seconds per interval line; None for none.
+    @ivar tls: with C{--tls}, L{netecho.cli.tls.ClientTLS}'s settings (they
+        cross to worker processes; the TLS objects are made there).
     """
 
     transport: str
@@ -47,6 +49,8 @@ class Plan:
     rate: float | None = None
     pipeline: int = 1
     interval: float | None = None
+    #: tcp --tls: the TLS settings (host, ca, insecure, sni, cert, key), or None.
+    tls: dict | None = None
 
     def share(self, count: int) -> "Plan":
         """This plan for a worker with C{count} of the connections (its part of the rate)."""

@@ -21,10 +21,17 @@ from netecho.bench.pb import pb_loop
 from netecho.bench.plan import Plan
 from netecho.bench.report import Intervals, RateWatch
 from netecho.bench.streams import stream_loop
+from netecho.bench.tlsstreams import tls_loop
 from netecho.bench.tally import Tally
 from netecho.errors import UserError
 
 LOOPS = {"tcp": stream_loop, "unix": stream_loop, "udp": datagram_loop, "pb": pb_loop, "connect": connect_loop}
+
+
+def loop_for(plan: Plan):
+    """The load loop a plan runs (tcp with --tls: the TLS loop)."""
+    return tls_loop if plan.tls is not None else LOOPS[plan.transport]
+
 #: Time allowed for worker processes to start and connect, on top of --timeout.
 SETUP = 30.0
 
@@ -105,7 +112,7 @@ class _Child:
 def _worker(plan: Plan, first: int, pipe, shared, slot: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent tells us to stop
     try:
-        tally = LOOPS[plan.transport](plan, first, _Child(pipe, shared, slot))
+        tally = loop_for(plan)(plan, first, _Child(pipe, shared, slot))
     except UserError as e:
         pipe.send(("error", str(e)))
     except BaseException as e:  # a bug: report it rather than hang the parent
@@ -132,7 +139,7 @@ def run(plan: Plan, board: Board) -> list[Tally]:
     if plan.processes == 1:
         channel = _Local(board)
         with _stop_on_interrupt(channel):
-            return [LOOPS[plan.transport](plan, 0, channel)]
+            return [loop_for(plan)(plan, 0, channel)]
     return _run_processes(plan, board)
 
 

@@ -2,8 +2,8 @@
 ``netecho bench tcp|udp|unix|pb|connect TARGET``: the command line of the
 load generator in L{netecho.bench} (options, output, exit status).
 
-TLS (``netecho bench --tls``) is not here yet: it is to take the shared TLS
-client options that netecho/cli/tls.py is getting, and a TLS stream loop.
+``netecho bench tcp --tls`` takes the TLS options every client shares
+(netecho/cli/tls.py) and runs the TLS loop (netecho/bench/tlsstreams.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from netecho.address import split_host_port
 from netecho.bench import TRANSPORTS, measure
 from netecho.bench.report import format_interval, format_table, verdict
+from netecho.cli import tls as tls_options
 from netecho.cli.types import int_in, positive, seconds, size
 from netecho.errors import EXIT_FAILURE, UserError
 
@@ -58,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pb-call", choices=("echo", "add"), default="echo",
                    help="pb: call echo(S bytes) (default) or add(seq, 1, False, False), a tiny call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    tls_options.add_options(p)
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -95,6 +97,22 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("argument --pipeline: connect sends one message per connection")
     if args.timeout is None:
         args.timeout = 1.0 if transport == "udp" else 5.0
+    problem = tls_options.usage_problem(args)
+    if problem:
+        parser.error(problem)
+    if args.tls and transport != "tcp":
+        parser.error("argument --tls: tcp only")
+    if args.tls and (args.rate is not None or args.pipeline > 1):
+        parser.error("argument --tls: closed loop, one message in flight per connection (no --rate, --pipeline)")
+
+
+def _tls_settings(args: argparse.Namespace) -> dict | None:
+    """--tls and its options as ClientTLS's arguments (checked now: a bad file is one line before the run)."""
+    if not args.tls:
+        return None
+    host = args.address[0]
+    tls_options.ClientTLS.from_args(args, host)  # (warns for --insecure; raises UserError for bad files)
+    return dict(host=host, ca=args.ca, insecure=args.insecure, sni=args.sni, cert=args.cert, key=args.key)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_interval(line), flush=True)
 
     try:
+        tls = _tls_settings(args)
         report = measure(
             args.transport, args.address, connections=args.connections, size=args.size,
             duration=args.duration, warmup=args.warmup, timeout=args.timeout,
             processes=args.processes, pb_call=args.pb_call, progress=os.isatty(2),
             rate=args.rate, pipeline=args.pipeline, interval=args.interval,
             on_interval=None if args.json else print_interval,
+            tls=tls,
         )
     except UserError as e:
         print(str(e), file=sys.stderr)

@@ -313,6 +313,37 @@ class BenchAgainstDaemonTests(TestCase):
         self.assertLess(abs(peaks[1] - peaks[0]), 5 * 1024, peaks)
 
 
+class BenchTLSTests(TestCase):
+    """bench tcp --tls against the daemon's ssl: listener (Twisted's TLS on both sides)."""
+
+    def setUp(self) -> None:
+        from tests.certs import make_pki
+
+        self.dir = tempfile.mkdtemp(prefix="netecho-bench-tls-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.pki = make_pki(self.dir)
+        label = f"ssl:0:interface=127.0.0.1:privateKey={self.pki.server.key}:certKey={self.pki.server.cert}"
+        self.daemon = Daemon(self, "--tcp", label, *NO_THROTTLE).start()
+        self.target = f"127.0.0.1:{self.daemon.port(f'--tcp {label}')}"
+
+    def test_round_trips_over_tls(self) -> None:
+        report, out = bench_json("tcp", self.target, "--tls", "--ca", self.pki.ca.cert,
+                                 "--connections", "3", "--size", "4K", *SHORT_RUN, "--processes", "2")
+        check_clean(self, report, out)
+
+    def test_verification_failure_is_one_line(self) -> None:
+        out = bench("tcp", self.target, "--tls", *SHORT_RUN)  # the system's trust store knows no test CA
+        self.assertEqual(out.returncode, 100, out.stderr)
+        self.assertEqual(out.stderr.strip().splitlines()[-1],
+                         f"tls {self.target}: certificate verify failed: unable to get local issuer certificate")
+        self.assertNotIn("Traceback", out.stderr)
+
+    def test_usage(self) -> None:
+        for args in (("udp", self.target, "--tls"), ("tcp", self.target, "--ca", "x.pem"),
+                     ("tcp", self.target, "--tls", "--rate", "100")):
+            self.assertEqual(bench(*args).returncode, 2, args)
+
+
 class BenchAgainstSocatTests(TestCase):
     """Another echo server: socat's TCP listener running cat for each connection."""
 
