@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from netecho.bench.plan import TICK, Plan, payload, stamped
+from netecho.bench.reactorloop import run_on_reactor
 from netecho.bench.tally import CLOSED, CORRUPTED, TIMEOUT, Tally, Window
 from netecho.errors import UserError, dial_error
 
@@ -20,13 +21,11 @@ def pb_loop(plan: Plan, first: int, channel) -> Tally:
     """Run C{plan.connections} logins; return what was counted."""
     from twisted.cred import credentials
     from twisted.internet import defer, reactor
-    from twisted.python.failure import Failure
     from twisted.spread import pb
 
     timeout, target = plan.timeout, plan.target
     host, port = plan.sockaddr[:2]
     tally = Tally(intervals=plan.interval is not None)
-    outcome: list = []
     monotonic = time.monotonic
     window: list[Window] = []
 
@@ -113,16 +112,4 @@ def pb_loop(plan: Plan, first: int, channel) -> Tally:
                 factory.disconnect()
         return tally
 
-    def begin():
-        d = defer.ensureDeferred(main())
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.callLater(0, reactor.stop))
-
-    reactor.callWhenRunning(begin)
-    reactor.run(installSignalHandlers=False)
-    got = outcome[0] if outcome else UserError(f"bench pb {target}: the reactor stopped early")
-    if isinstance(got, Failure):
-        got.raiseException()
-    if isinstance(got, Exception):
-        raise got
-    return got
+    return run_on_reactor(main, f"bench pb {target}")

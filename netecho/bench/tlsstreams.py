@@ -13,6 +13,7 @@ from twisted.internet import interfaces
 from zope.interface import implementer
 
 from netecho.bench.plan import TICK, Plan, payload, stamped
+from netecho.bench.reactorloop import run_on_reactor
 from netecho.bench.tally import CLOSED, CORRUPTED, LONG, SHORT, TIMEOUT, Tally, Window
 from netecho.errors import UserError
 
@@ -20,7 +21,6 @@ from netecho.errors import UserError
 def tls_loop(plan: Plan, first: int, channel) -> Tally:
     """Run C{plan.connections} TLS connections; return what was counted."""
     from twisted.internet import defer, endpoints, protocol, reactor
-    from twisted.python.failure import Failure
 
     from netecho.cli.tls import ClientTLS
 
@@ -30,7 +30,6 @@ def tls_loop(plan: Plan, first: int, channel) -> Tally:
     tally = Tally(intervals=plan.interval is not None)
     monotonic = time.monotonic
     window: list[Window] = []
-    outcome: list = []
 
     @implementer(interfaces.IHandshakeListener)
     class Connection(protocol.Protocol):
@@ -136,16 +135,4 @@ def tls_loop(plan: Plan, first: int, channel) -> Tally:
         w.finish()
         return tally
 
-    def begin():
-        d = defer.ensureDeferred(main())
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.callLater(0.05, reactor.stop))
-
-    reactor.callWhenRunning(begin)
-    reactor.run(installSignalHandlers=False)
-    got = outcome[0] if outcome else UserError(f"{plan.title}: the reactor stopped early")
-    if isinstance(got, Failure):
-        got.raiseException()
-    if isinstance(got, Exception):
-        raise got
-    return got
+    return run_on_reactor(main, plan.title)

@@ -8,7 +8,6 @@ L{endpoints.wrapClientTLS}), and failures worded in one line.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import re
 import ssl as stdlib_ssl
 import sys
@@ -27,6 +26,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from netecho.address import is_ip
 from netecho.errors import UserError, dial_error
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -71,21 +71,13 @@ def _read(option: str, path: str) -> bytes:
         raise UserError(f"tls: cannot read {option} {path}: {(e.strerror or str(e)).lower()}") from None
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 @implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:
     """A client connection creator that checks nothing (--insecure), SNI still sent."""
 
     def __init__(self, options: ssl.CertificateOptions, server_name: str) -> None:
         self._context = options.getContext()
-        self._server_name = None if _is_ip(server_name) else server_name.encode("idna")
+        self._server_name = None if is_ip(server_name) else server_name.encode("idna")
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
@@ -161,7 +153,7 @@ class ClientTLS:
         from service_identity.pyopenssl import verify_hostname, verify_ip_address
 
         try:
-            if _is_ip(self.server_name):
+            if is_ip(self.server_name):
                 verify_ip_address(connection, self.server_name)
             else:
                 verify_hostname(connection, self.server_name)
