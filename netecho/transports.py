@@ -15,13 +15,21 @@ are used and everything behaves the same, only slower.
    with C{recv()} instead of C{recvmsg()}, which costs more; the kernel
    discards descriptors sent to a reader that does not ask for them.
  - UDP ports read a batch of datagrams per C{recvmmsg()} (with
-   netecho._speedups; otherwise one C{recvfrom()} a datagram, whole up to
-   64 KiB), IPv4, IPv6 and dual-stack alike, and write without
-   re-validating an address that came from the kernel.
+   netecho._speedups; otherwise one C{recvmsg()} a datagram, whole up to
+   64 KiB), IPv4, IPv6 and dual-stack alike; send the replies to a full
+   batch by one C{sendmmsg()} (for protocols that take late send failures);
+   write a reply to the datagram just read without re-validating its
+   address; and count what the kernel dropped (C{SO_RXQ_OVFL}).
 
-This is the one module (with L{netecho.reactor}) that uses Twisted's
-private API; each use says why. setup.cfg bounds Twisted to the releases
-the tests pass on.
+Also here, because they touch sockets and Twisted's buffers: what a policy
+may ask of a stream connection (L{peer_gone}, L{peer_credentials},
+L{unsent_bytes}, L{reset_connection}), and the port for Unix sockets
+inherited from systemd.
+
+With L{netecho.reactor}, this module holds the private Twisted API the
+speed needs; each use says why (rpc.py and daemon.py lean on Twisted
+internals too, for what Twisted offers no hook for). setup.cfg bounds
+Twisted to the release the tests pass on.
 """
 
 from __future__ import annotations
