@@ -9,7 +9,10 @@ L{Served} wraps a stream factory (echo, random, PB) and L{Session} each of
 its protocols, as Twisted's L{policies.WrappingFactory} and
 L{policies.ProtocolWrapper} do, and is the wrapped protocol's transport, so
 it sees every byte both ways. L{ServedDatagrams} does the same for a
-datagram protocol, with the UDP guards of L{netecho.datagram}.
+datagram protocol, with the UDP guards of L{netecho.datagram}. Faults on
+purpose (L{netecho.faults}) are one more such policy: around a L{Session}
+(the counting and the stop word see the client's bytes as they came), and
+in L{ServedDatagrams}' replies.
 """
 
 from __future__ import annotations
