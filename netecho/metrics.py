@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from netecho import __version__
 from netecho.faults import FAULT_KINDS
@@ -129,7 +129,7 @@ class MetricsPage(resource.Resource):
 
     def render_GET(self, request) -> bytes:
         if request.postpath not in ([], [b""]):  # /metrics/anything
-            return resource.NoResource().render(request)
+            return pages.notFound().render(request)
         accept = request.getHeader(b"accept")
         encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
         request.setHeader(b"Content-Type", content_type.encode())
