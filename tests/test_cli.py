@@ -86,6 +86,30 @@ class ParserTests(SynchronousTestCase):
             self.assertIn("--password-file", script)
 
 
+    def test_error_before_the_coroutine_starts(self):
+        """A UserError raised while main() builds its coroutine is one line and status 100, not a hang."""
+        from netecho.cli.runner import run
+        from netecho.errors import UserError
+        from twisted.internet.testing import MemoryReactorClock
+
+        def main(reactor):
+            raise UserError("tls: cannot read --ca /nonexistent: no such file or directory")
+
+        class Reactor(MemoryReactorClock):
+            def run(self, installSignalHandlers=True):
+                self.running = True
+                for f, args, kwargs in self.whenRunningHooks:
+                    f(*args, **kwargs)
+
+            def stop(self):
+                self.running = False
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.assertEqual(run(main, Reactor()), 100)
+        self.assertEqual(err.getvalue(), "tls: cannot read --ca /nonexistent: no such file or directory\n")
+
+
 class LineConnectionTests(SynchronousTestCase):
     def setUp(self):
         self.conn = LineConnection()

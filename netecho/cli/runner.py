@@ -25,7 +25,10 @@ def run(main: Callable[[Any], Coroutine[Any, Any, int]], reactor=None) -> int:
     interrupted: list = []
 
     def start() -> None:
-        d = defer.ensureDeferred(main(reactor))
+        # maybeDeferred: what main() raises before its coroutine even starts
+        # (a bad --ca file, say) is reported like the rest, not logged by
+        # the reactor while it runs on.
+        d = defer.maybeDeferred(lambda: defer.ensureDeferred(main(reactor)))
 
         def done(result):
             outcome.append(result)
