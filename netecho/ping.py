@@ -37,6 +37,10 @@ TRANSPORTS = ("tcp", "udp", "unix", "tls")
 MIN_SIZE = 16
 MAX_UDP_SIZE = 65507  # the largest IPv4 UDP payload
 MAX_STREAM_SIZE = 16 * 1024 * 1024
+#: UDP probes remembered after they settled, to tell late and duplicate replies.
+KEPT_PROBES = 256
+#: The shortest -i (as ping, a floor against flooding from a typo).
+MIN_INTERVAL = 0.001
 _FILL = bytes(range(ord("a"), ord("z") + 1)) * 2 + b"0123456789"
 
 
@@ -290,6 +294,7 @@ class Pinger:
         self._udp = None
         self._fatal: UserError | None = None
         self._answered_once = False
+        self._forgotten = 0  # probes up to this one were forgotten (see _send)
         self._start = 0.0
         self._last_sent = 0.0
 
@@ -308,15 +313,16 @@ class Pinger:
             self._start = self.clock()
             seq = 0
             while not self.stopped and (self.count == 0 or seq < self.count):
-                delay = self._start + seq * self.interval - self.clock()
-                if delay > 0:
-                    self._sleep = defer.Deferred()
-                    call = self.reactor.callLater(delay, self._sleep.callback, None)
-                    self._sleep.addErrback(lambda f: (call.cancel(), f.trap(defer.CancelledError)))
-                    await self._sleep
-                    self._sleep = None
-                    if self.stopped:
-                        break
+                # Always through the reactor, even when the probe is due
+                # already (a short -i): replies, timeouts and Ctrl-C must run.
+                delay = max(0.0, self._start + seq * self.interval - self.clock())
+                self._sleep = defer.Deferred()
+                call = self.reactor.callLater(delay, self._sleep.callback, None)
+                self._sleep.addErrback(lambda f: (call.cancel(), f.trap(defer.CancelledError)))
+                await self._sleep
+                self._sleep = None
+                if self.stopped:
+                    break
                 seq += 1
                 self._send(seq)
                 if self._fatal is not None:
@@ -439,6 +445,16 @@ class Pinger:
     def _send(self, seq: int) -> None:
         probe = _Probe(seq, payload(seq, self.token, self.size))
         self.probes[seq] = probe
+        # Memory stays flat however long it runs (-c 0): settled probes are
+        # forgotten past the last KEPT_PROBES (a reply to one that old is
+        # ignored, as a reply to no probe of this run).
+        kept = KEPT_PROBES if self.transport == "udp" else 16
+        while len(self.probes) > kept:
+            oldest = next(iter(self.probes.values()))
+            if oldest.state == "waiting":
+                break
+            del self.probes[oldest.seq]
+            self._forgotten = oldest.seq
         self.outstanding += 1
         self.stats.sent += 1
         self._last_sent = self.clock()
@@ -578,6 +594,8 @@ class Pinger:
         head = data[:40].split(b" ", 2)
         if len(head) == 3 and head[1] == self.token and head[0].isdigit():
             probe = self.probes.get(int(head[0]))
+            if probe is None and int(head[0]) <= self._forgotten:
+                return  # a reply to a probe settled long ago
         if probe is None:
             # Garbled beyond telling which probe it answers: the oldest
             # waiting probe is the likeliest.

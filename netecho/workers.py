@@ -342,6 +342,14 @@ class Supervisor(service.Service):
         service.Service.startService(self)
         log.info("starting {n} workers", n=self.count)
         self.reactor.callWhenRunning(self._start_all)
+        # From the moment the daemon begins to stop (a signal, quit), a worker
+        # that exits is not a death to restart: under systemd every process
+        # gets the SIGTERM at once, and a worker may go before the parent's
+        # services are stopped.
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+
+    def _shutting_down(self) -> None:
+        self._stopping = True
 
     def _start_all(self) -> None:
         for number in range(1, self.count + 1):

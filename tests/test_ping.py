@@ -256,6 +256,36 @@ class Recorder:
         return [(e.kind, e.seq) for e in self.events]
 
 
+class BadServerNameTests(SynchronousTestCase):
+    def test_one_line_not_a_traceback(self):
+        for name, insecure in (("a..b", False), ("a..b", True), ("xn--zz", False)):
+            with self.assertRaises(UserError) as caught:
+                ClientTLS("127.0.0.1", sni=name, insecure=insecure)
+            self.assertIn(f"tls: {name!r} is not a valid host name", str(caught.exception))
+
+
+class ShortIntervalTests(TestCase):
+    async def test_fast_probes_keep_the_reactor_turning_and_memory_flat(self):
+        """
+        -i 0.001 with probes already due: replies, timeouts and stop() still
+        run between probes, and only the last probes are remembered.
+        """
+        from netecho.ping import KEPT_PROBES
+
+        server = udp_echo(self)
+        pinger = Pinger(reactor, "udp", (server.host, server.port), count=0, interval=0.001, timeout=1)
+        seen = []
+        reactor.callLater(0.8, lambda: (seen.append(len(pinger.probes)), pinger.stop()))
+        stats = await pinger.run()
+        self.assertGreater(stats.received, KEPT_PROBES)
+        self.assertLessEqual(seen[0], KEPT_PROBES + 1)
+        self.assertEqual(stats.errors, 0)
+
+    def test_interval_floor(self):
+        args = build_parser().parse_args(["ping", "udp", "127.0.0.1:7", "-i", "0.0000001"])
+        self.assertIn("--interval 1e-07: at least 0.001 s", cli_ping.usage_problem(args))
+
+
 class PingAgainstServicesTests(TestCase):
     """The API (netecho.ping.ping) against netecho.testing's services."""
 

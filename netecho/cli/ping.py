@@ -11,7 +11,7 @@ from netecho.address import split_host_port
 from netecho.cli import tls as tls_options
 from netecho.cli.types import positive, whole
 from netecho.errors import EXIT_USAGE
-from netecho.ping import MAX_STREAM_SIZE, MAX_UDP_SIZE, MIN_SIZE, TRANSPORTS, Event, Pinger, Statistics
+from netecho.ping import MAX_STREAM_SIZE, MAX_UDP_SIZE, MIN_INTERVAL, MIN_SIZE, TRANSPORTS, Event, Pinger, Statistics
 
 
 def _ms(value: float) -> str:
@@ -81,6 +81,8 @@ def usage_problem(args: argparse.Namespace) -> str | None:
     limit = MAX_UDP_SIZE if args.transport == "udp" else MAX_STREAM_SIZE
     if not MIN_SIZE <= args.size <= limit:
         return f"--size {args.size}: from {MIN_SIZE} to {limit} bytes for {args.transport}"
+    if args.interval < MIN_INTERVAL:
+        return f"--interval {args.interval:g}: at least {MIN_INTERVAL:g} s"
     if args.connect and args.transport not in ("tcp", "tls"):
         return "--connect is for tcp and tls"
     return tls_options.usage_problem(args, tls=args.transport == "tls")
@@ -139,7 +141,7 @@ def register(sub) -> None:
     p.add_argument("-c", "--count", type=whole, default=5, metavar="N",
                    help="probes to send (default 5; 0: until Ctrl-C)")
     p.add_argument("-i", "--interval", type=positive, default=1.0, metavar="S",
-                   help="seconds between probes; probe k leaves at start + k*S (default 1)")
+                   help="seconds between probes, at least 0.001; probe k leaves at start + k*S (default 1)")
     p.add_argument("-s", "--size", type=whole, default=64, metavar="BYTES",
                    help=f"bytes in each probe, newline included (default 64; {MIN_SIZE} to "
                    f"{MAX_UDP_SIZE} for udp)")

@@ -98,6 +98,12 @@ class ClientTLS:
     def __init__(self, host: str, ca: str | None = None, insecure: bool = False,
                  sni: str | None = None, cert: str | None = None, key: str | None = None) -> None:
         self.server_name = sni or host
+        if not is_ip(self.server_name):
+            try:
+                self.server_name.encode("idna")
+            except UnicodeError:
+                raise UserError(f"tls: {self.server_name!r} is not a valid host name to verify "
+                                "(--sni NAME, or the host given)") from None
         self.ca = ca
         self.insecure = insecure
         client = None
@@ -122,7 +128,10 @@ class ClientTLS:
                 trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
             except Exception as e:
                 raise UserError(f"tls: cannot load --ca {ca}: {_ssl_reason(e)}") from None
-        self.creator = ssl.optionsForClientTLS(self.server_name, trust, client)
+        try:
+            self.creator = ssl.optionsForClientTLS(self.server_name, trust, client)
+        except (UnicodeError, ValueError) as e:  # IDNA's view of the name (IDNA 2008 is stricter)
+            raise UserError(f"tls: {self.server_name!r} is not a valid host name to verify: {e}") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, host: str, warn=None) -> "ClientTLS":
