@@ -264,6 +264,22 @@ class BadServerNameTests(SynchronousTestCase):
             self.assertIn(f"tls: {name!r} is not a valid host name", str(caught.exception))
 
 
+class StopWhileDialingTests(TestCase):
+    async def test_nothing_left_behind(self):
+        """
+        stop() while a connection is still in its TLS handshake (a server
+        that never answers): run() returns with no connection or timer left
+        (trial would call the reactor dirty).
+        """
+        server = tcp_echo(self, faults="stall")
+        tls = ClientTLS("127.0.0.1", insecure=True)
+        pinger = Pinger(reactor, "tls", (server.host, server.port), count=0, interval=0.05, timeout=5,
+                        connect=True, tls=tls)
+        reactor.callLater(0.3, pinger.stop)
+        stats = await pinger.run()
+        self.assertEqual(stats.received, 0)
+
+
 class ShortIntervalTests(TestCase):
     async def test_fast_probes_keep_the_reactor_turning_and_memory_flat(self):
         """
