@@ -429,6 +429,14 @@ static int to_sockaddr(PyObject *addr, int family, struct sockaddr_storage *out,
     return 0;
 }
 
+/* Note that datagrams[index] failed with err; -1 (exception set) if even that fails. */
+static int note_failure(PyObject *failed, Py_ssize_t index, int err) {
+    PyObject *f = Py_BuildValue("(ni)", index, err);
+    int r = f == NULL ? -1 : PyList_Append(failed, f);
+    Py_XDECREF(f);
+    return r;
+}
+
 static PyObject *send_datagrams(PyObject *self, PyObject *args) {
     int fd, family;
     PyObject *list;
@@ -446,9 +454,10 @@ static PyObject *send_datagrams(PyObject *self, PyObject *args) {
     struct iovec iov[SEND_BATCH];
     struct sockaddr_storage to[SEND_BATCH];
     Py_buffer views[SEND_BATCH];
+    Py_ssize_t index[SEND_BATCH];
+    int n = 0; /* views[0:n] are held */
     while (start < total) {
-        int n = 0;
-        Py_ssize_t index[SEND_BATCH];
+        n = 0;
         memset(msgs, 0, sizeof msgs);
         /* Fill a batch with the datagrams that can be sent; note the others. */
         while (start < total && n < SEND_BATCH) {
@@ -459,14 +468,8 @@ static PyObject *send_datagrams(PyObject *self, PyObject *args) {
                       PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[n], PyBUF_SIMPLE) < 0;
             if (bad) {
                 PyErr_Clear();
-                PyObject *f = Py_BuildValue("(ni)", start, EINVAL);
-                if (f == NULL || PyList_Append(failed, f) < 0) {
-                    Py_XDECREF(f);
-                    for (int k = 0; k < n; k++) PyBuffer_Release(&views[k]);
-                    Py_DECREF(failed);
-                    return NULL;
-                }
-                Py_DECREF(f);
+                if (note_failure(failed, start, EINVAL) < 0)
+                    goto fail;
                 start++;
                 continue;
             }
@@ -486,14 +489,8 @@ static PyObject *send_datagrams(PyObject *self, PyObject *args) {
                 if (errno == EINTR)
                     continue;
                 /* The first of the rest failed: note it, go on after it. */
-                PyObject *f = Py_BuildValue("(ni)", index[done], errno);
-                if (f == NULL || PyList_Append(failed, f) < 0) {
-                    Py_XDECREF(f);
-                    for (int k = 0; k < n; k++) PyBuffer_Release(&views[k]);
-                    Py_DECREF(failed);
-                    return NULL;
-                }
-                Py_DECREF(f);
+                if (note_failure(failed, index[done], errno) < 0)
+                    goto fail;
                 done++;
             } else {
                 done += r;
@@ -501,12 +498,18 @@ static PyObject *send_datagrams(PyObject *self, PyObject *args) {
         }
         for (int k = 0; k < n; k++)
             PyBuffer_Release(&views[k]);
+        n = 0;
     }
     if (PyList_Sort(failed) < 0) {
         Py_DECREF(failed);
         return NULL;
     }
     return failed;
+fail:
+    for (int k = 0; k < n; k++)
+        PyBuffer_Release(&views[k]);
+    Py_DECREF(failed);
+    return NULL;
 }
 
 /*
