@@ -249,12 +249,10 @@ class StreamTransportTests(TestCase):
 
     async def test_tls_on_top(self):
         """TLS (Twisted's TLSMemoryBIOFactory) over netecho's TCP transport: 1 MiB byte for byte."""
-        import ssl
-
         from twisted.internet import ssl as twisted_ssl
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        from tests.integration.test_daemon import self_signed
+        from tests.integration.test_daemon import self_signed, tls_echo
 
         key, cert = self_signed(tempfile.mkdtemp())
         served = Served(EchoFactory(), Stats(), "echo", stop_word=b"STOP")
@@ -265,21 +263,7 @@ class StreamTransportTests(TestCase):
         self.addCleanup(lambda: defer.gatherResults([defer.maybeDeferred(port.stopListening), drop_all()]))
         data = os.urandom(1 << 20)
 
-        def talk() -> bytes:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10) as raw:
-                with context.wrap_socket(raw) as tls:
-                    received = bytearray()
-                    for start in range(0, len(data), 65536):
-                        chunk = data[start : start + 65536]
-                        tls.sendall(chunk)
-                        while len(received) < start + len(chunk):
-                            received += tls.recv(65536)
-            return bytes(received)
-
-        self.assertTrue(await threads.deferToThread(talk) == data)
+        self.assertTrue(await threads.deferToThread(tls_echo, port.getHost().port, data) == data)
         self.assertEqual(served.stats.bytes_echoed, len(data))
 
 

@@ -508,28 +508,33 @@ def self_signed(directory: str) -> tuple[str, str]:
     return key_path, cert_path
 
 
+def tls_echo(port: int, data: bytes) -> bytes:
+    """Send C{data} over TLS (any certificate) to 127.0.0.1:C{port} in 64 KiB steps; what came back."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            received = bytearray()
+            for start in range(0, len(data), 65536):
+                chunk = data[start : start + 65536]
+                tls.sendall(chunk)
+                while len(received) < start + len(chunk):
+                    received += tls.recv(65536)
+    return bytes(received)
+
+
 class TLSTests(TestCase):
     def test_ssl_endpoint_echoes_byte_exact(self):
         """--tcp ssl:...: the TLS endpoint (twisted[tls]) echoes 1 MiB byte-exact."""
-        import ssl
-
         key, cert = self_signed(tempfile.mkdtemp())
         label = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         daemon = Daemon(self, "--tcp", label).start()
         port = daemon.port(f"--tcp {label}")
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         data = os.urandom(1 << 20)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with context.wrap_socket(raw) as tls:
-                received = bytearray()
-                for start in range(0, len(data), 65536):
-                    chunk = data[start : start + 65536]
-                    tls.sendall(chunk)
-                    while len(received) < start + len(chunk):
-                        received += tls.recv(65536)
-        self.assertEqual(bytes(received), data)
+        self.assertEqual(tls_echo(port, data), data)
 
 
 class ReactorChoiceTests(TestCase):
