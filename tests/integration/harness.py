@@ -49,6 +49,7 @@ class Daemon:
         self.stderr = ""
         self.listening: dict[str, object] = {}
         self._cond = threading.Condition()
+        self._eof = False  # the reader thread has read the log to its end
         self.proc: subprocess.Popen | None = None
         testcase.addCleanup(self.kill)
 
@@ -88,6 +89,7 @@ class Daemon:
                     self.listening[m.group(1)] = split_address(m.group(2))
                 self._cond.notify_all()
         with self._cond:
+            self._eof = True
             self._cond.notify_all()
 
     def _read_stderr(self) -> None:
@@ -115,10 +117,9 @@ class Daemon:
                         return line
                 seen = len(self.lines)
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and seen == len(self.lines)):
-                    if self.proc.poll() is not None:
-                        self.proc.wait()
-                        time.sleep(0.2)
+                # A process that has ended may still have lines in the pipe:
+                # give up early only once the reader has seen its end.
+                if left <= 0 or (self._eof and seen == len(self.lines)):
                     raise AssertionError(
                         f"no log line with {text!r} within {timeout}s; "
                         f"exit={self.proc.poll()}; log:\n" + "\n".join(self.lines)
@@ -137,13 +138,12 @@ class Daemon:
         """Wait for the process to end; return its exit status."""
         code = self.proc.wait(timeout)
         self._stderr_thread.join(5)
-        # Let the reader thread take the last lines.
+        # Let the reader thread take the last lines (a worker the daemon
+        # left behind could hold the pipe open: bounded).
         deadline = time.monotonic() + 5
-        while not self.proc.stdout.closed and time.monotonic() < deadline:
-            with self._cond:
-                if self.lines and ("Server Shut Down" in self.lines[-1] or code != 0):
-                    break
-            time.sleep(0.05)
+        with self._cond:
+            while not self._eof and time.monotonic() < deadline:
+                self._cond.wait(0.1)
         return code
 
     def stop(self, timeout: float = 15) -> int:
