@@ -25,7 +25,12 @@ from twisted.logger import Logger
 
 from netecho.address import ipv6_available, join_host_port, parse_port, split_host_port, unmap
 from netecho.datagram import MAX_DATAGRAM
-from netecho.transports import InheritedUNIXEndpoint, inherited_sockets, unix_socket_path
+from netecho.transports import (
+    LIVENESS_PROBE,
+    InheritedUNIXEndpoint,
+    inherited_sockets,
+    unix_socket_path,
+)
 
 log = Logger()
 
@@ -371,9 +376,23 @@ def reclaim_unix_path(path: str, label: str) -> None:
         log.info("{label}: removed stale socket {path}", label=label, path=path)
 
 
-def _accepting(path: str, label: str) -> bool:
-    """Whether a server accepts on the Unix socket at C{path}."""
+def _probe_socket() -> socket.socket:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sys.platform.startswith("linux"):
+        try:
+            probe.bind(LIVENESS_PROBE + f":{os.getpid()}:{os.urandom(4).hex()}".encode())
+        except OSError:
+            pass  # unnamed, as any client (and counted as one by the server)
+    return probe
+
+
+def _accepting(path: str, label: str) -> bool:
+    """
+    Whether a server accepts on the Unix socket at C{path}: connect, send
+    nothing, close. The probe names itself (L{LIVENESS_PROBE}), so that a
+    live netecho there does not count it as a client served.
+    """
+    probe = _probe_socket()
     probe.settimeout(2)
     try:
         probe.connect(path)

@@ -30,7 +30,7 @@ from netecho.limits import Guard
 from netecho.stats import Stats
 from netecho.stopword import Scanner, is_stop_datagram
 from netecho.throttle import ThrottledLog
-from netecho.transports import peer_credentials, peer_gone
+from netecho.transports import is_liveness_probe, peer_credentials, peer_gone
 
 log = Logger()
 
@@ -64,6 +64,8 @@ class Session(policies.ProtocolWrapper):
     _credentials = None
     _closing = False
     _stopped_by_word = False
+    #: A liveness probe that has sent nothing yet (see L{makeConnection}).
+    probe = False
     #: What the connection caps admitted this connection with.
     limit_key = None
 
@@ -79,7 +81,16 @@ class Session(policies.ProtocolWrapper):
         self.started = factory.clock()
         self._scanner = Scanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
-        self._stats.connection_opened(self.label)
+        # Another server checking whether this Unix socket is live (before
+        # reclaiming its path) connects, sends nothing and closes, naming
+        # itself by its address (netecho.transports.LIVENESS_PROBE): it is
+        # no client, so it is neither counted nor logged as one. The name
+        # is taken at its word only while it sends nothing: its first byte
+        # makes it a client like any other. The caps and the idle sweep
+        # (the guard) see it all along.
+        self.probe = self.kind == "unix" and is_liveness_probe(transport.getPeer().name)
+        if not self.probe:
+            self._stats.connection_opened(self.label)
         if factory.guard is not None:
             factory.guard.opened(self)
         # ProtocolWrapper.makeConnection: provide what the transport does,
@@ -100,6 +111,9 @@ class Session(policies.ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.probe:
+            self.probe = False
+            self._stats.connection_opened(self.label)
         self.received += len(data)
         if self._log_data:
             log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
@@ -161,18 +175,25 @@ class Session(policies.ProtocolWrapper):
         factory = self.factory
         if factory.guard is not None:
             factory.guard.closed(self)
-        self._stats.connection_closed(self.label)
-        log.info(
-            "{service} {kind} {peer} closed after {duration:.3f}s: "
-            "{received} bytes in, {sent} bytes out{why}",
-            service=factory.service,
-            kind=self.kind,
-            peer=self.peer,
-            duration=factory.clock() - self.started,
-            received=self.received,
-            sent=self.sent,
-            why=" (stop word)" if self._stopped_by_word else "",
-        )
+        if self.probe:
+            log.debug(
+                "{service} {kind} {peer}: a liveness probe (another server checking whether "
+                "this socket is in use), not counted as a client",
+                service=factory.service, kind=self.kind, peer=self.peer,
+            )
+        else:
+            self._stats.connection_closed(self.label)
+            log.info(
+                "{service} {kind} {peer} closed after {duration:.3f}s: "
+                "{received} bytes in, {sent} bytes out{why}",
+                service=factory.service,
+                kind=self.kind,
+                peer=self.peer,
+                duration=factory.clock() - self.started,
+                received=self.received,
+                sent=self.sent,
+                why=" (stop word)" if self._stopped_by_word else "",
+            )
         super().connectionLost(reason)
         if self._stopped_by_word and factory.on_stop_word is not None:
             factory.on_stop_word()

@@ -416,6 +416,18 @@ def peer_gone(transport) -> bool:
         return False
 
 
+#: The abstract Unix address (Linux) a liveness probe binds (netecho.listeners)
+#: before it connects, followed by C{:PID:TOKEN}: the server it reaches sees
+#: it as the peer's address, and netecho's (L{netecho.policies.Session})
+#: does not take a connection so named that sends nothing for a client.
+LIVENESS_PROBE = b"\0netecho-liveness-probe"
+
+
+def is_liveness_probe(address: object) -> bool:
+    """Whether C{address} (a Unix peer's L{UNIXAddress} name) is the one a liveness probe binds."""
+    return isinstance(address, bytes) and address.startswith(LIVENESS_PROBE + b":")
+
+
 def peer_credentials(transport) -> str | None:
     """A Unix stream peer as its process and user (SO_PEERCRED): C{unix:pid=1234,uid=1000}; None if unknown."""
     try:
