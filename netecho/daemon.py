@@ -5,7 +5,6 @@ The daemon's top service: starting every listener or none, signals,
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import json
 import os
@@ -17,7 +16,14 @@ from typing import Callable
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import FileLogObserver, ILogObserver, Logger, formatEvent, textFileLogObserver
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    Logger,
+    formatEvent,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 from twisted.python import logfile
 from zope.interface import provider
 
@@ -104,54 +110,24 @@ def json_line(event: dict) -> str:
         return json.dumps({k: v if isinstance(v, str) else repr(v) for k, v in record.items()}) + "\n"
 
 
-class TwistdLog:
+class AcceptErrors:
     """
-    twistd's log as netecho writes it: twistd's C{--logfile} (standard
-    output with C{--nodaemon} and no file, or C{-}), as text or as JSON
-    lines, on a log file that SIGHUP reopens at its path (what logrotate
-    expects after it moved the file) and that size-based rotation and
-    SIGUSR1 rotate keeping L{ROTATED_LOG_FILES} old files. Twisted's
-    out-of-descriptors lines become one rate-limited line, and counted
-    refusals once L{count_refusals} is called.
-
-    twistd builds its log observer before the service starts, from the
-    factory named by its public C{--logger} option: L{use_for_twistd}
-    names L{twistd_observer}, which builds this one's observer.
+    Twisted's out-of-descriptors lines (L{ACCEPT_EVENTS}) in a log: each
+    becomes a refusal counted once L{count_refusals} is called, and one
+    rate-limited line. The daemon's log (L{TwistdLog}) and every worker's
+    (L{netecho.workers}) go through this one rule.
     """
 
-    def __init__(self, twistd_options, log_format: str = "text") -> None:
-        self.twistd_options = twistd_options
-        self.log_format = log_format
-        self.log_file: logfile.LogFile | None = None
+    def __init__(self) -> None:
         self._refused: Callable[[str], None] | None = None
         self._throttled = ThrottledLog(log)
-
-    def observer(self):
-        """The observer twistd starts logging to (called once, by twistd)."""
-        options = self.twistd_options
-        path = options.get("logfile") or ""
-        nodaemon = options.get("nodaemon", False)
-        if path == "-" and not nodaemon:
-            sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
-        if path == "-" or (nodaemon and not path):
-            out = sys.stdout
-        else:
-            self.log_file = logfile.LogFile.fromFullPath(
-                path or "twistd.log", maxRotatedFiles=ROTATED_LOG_FILES
-            )
-            out = self.log_file
-        if self.log_format == "json":
-            observer = FileLogObserver(out, json_line)
-        else:
-            observer = textFileLogObserver(out)
-        self._install_signals()
-        return self._filtered(observer)
 
     def count_refusals(self, refused: Callable[[str], None]) -> None:
         """Count accepts refused for want of descriptors with C{refused(reason)}."""
         self._refused = refused
 
-    def _filtered(self, observer):
+    def filtered(self, observer):
+        """C{observer}, with Twisted's accept-error events replaced by this rule."""
         accept_events = ACCEPT_EVENTS
 
         @provider(ILogObserver)
@@ -183,6 +159,48 @@ class TwistdLog:
             self._throttled.warn(
                 reason, "could not accept a connection: {error}", error=event.get("acceptError", "?")
             )
+
+
+class TwistdLog(AcceptErrors):
+    """
+    twistd's log as netecho writes it: twistd's C{--logfile} (standard
+    output with C{--nodaemon} and no file, or C{-}), as text or as JSON
+    lines, on a log file that SIGHUP reopens at its path (what logrotate
+    expects after it moved the file) and that size-based rotation and
+    SIGUSR1 rotate keeping L{ROTATED_LOG_FILES} old files. Twisted's
+    out-of-descriptors lines go through L{AcceptErrors}.
+
+    twistd builds its log observer before the service starts, from the
+    factory named by its public C{--logger} option: L{use_for_twistd}
+    names L{twistd_observer}, which builds this one's observer.
+    """
+
+    def __init__(self, twistd_options, log_format: str = "text") -> None:
+        super().__init__()
+        self.twistd_options = twistd_options
+        self.log_format = log_format
+        self.log_file: logfile.LogFile | None = None
+
+    def observer(self):
+        """The observer twistd starts logging to (called once, by twistd)."""
+        options = self.twistd_options
+        path = options.get("logfile") or ""
+        nodaemon = options.get("nodaemon", False)
+        if path == "-" and not nodaemon:
+            sys.exit("Daemons cannot log to stdout, exiting!")  # as twistd says it
+        if path == "-" or (nodaemon and not path):
+            out = sys.stdout
+        else:
+            self.log_file = logfile.LogFile.fromFullPath(
+                path or "twistd.log", maxRotatedFiles=ROTATED_LOG_FILES
+            )
+            out = self.log_file
+        if self.log_format == "json":
+            observer = FileLogObserver(out, json_line)
+        else:
+            observer = textFileLogObserver(out)
+        self._install_signals()
+        return self.filtered(observer)
 
     def _install_signals(self) -> None:
         # twistd installs its SIGUSR1 rotation only for its own observer,
@@ -396,10 +414,10 @@ class NetechoService(service.MultiService):
             pass  # already stopping (SIGTERM at the same moment)
 
     def fail_daemon(self, why: str) -> None:
-        """Stop the daemon with exit status 1 (twistd itself would exit 0)."""
+        """Stop the daemon cleanly, then exit with status 1 (L{exit_after_twistd})."""
         if self._exit_status == 0:
             self._exit_status = 1
-            atexit.register(_exit_now, 1)
+            exit_after_twistd(1)
         self.stop_daemon(why)
 
     def stopService(self):
@@ -423,12 +441,27 @@ class NetechoService(service.MultiService):
             log.info("faults: {injected}", injected=injected)
 
 
-def _exit_now(status: int) -> None:
-    # At interpreter exit, after twistd has stopped everything and removed
-    # its pidfile: the only way left to choose twistd's exit status.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(status)
+#: twistd's last log line: its runner logs it once the reactor has returned,
+#: the services have stopped and the pidfile is gone (AppLogger.stop).
+TWISTD_DONE = "Server Shut Down."
+
+
+def exit_after_twistd(status: int, publisher=globalLogPublisher) -> None:
+    """
+    Have twistd's process exit with C{status} once twistd is done.
+
+    twistd exits 0 after any stop: the only outcome it passes on is the
+    signal that stopped the reactor. So the end of twistd's last log line
+    (L{TWISTD_DONE}) raises C{SystemExit(status)}: log observers' failures
+    are caught as C{Exception}, so it leaves twistd's runner at the point
+    where twistd would return, and Python exits as ever (exit handlers run,
+    files are flushed). Observers added before this one have seen the line.
+    """
+
+    @provider(ILogObserver)
+    def exit_when_done(event):
+        if event.get("log_format") == TWISTD_DONE:
+            publisher.removeObserver(exit_when_done)
+            raise SystemExit(status)
+
+    publisher.addObserver(exit_when_done)

@@ -7,8 +7,14 @@ anything starts. Then it stops reading its echo listeners (TCP, UDP, Unix,
 random) and starts N worker processes with C{spawnProcess}, each inheriting
 those listening sockets as descriptors and adopting them
 (C{adoptStreamPort}, C{adoptDatagramPort}, or netecho's inherited Unix
-port, which neither chmods nor removes the parent's socket file). The
-kernel hands each new connection or datagram to one of the workers.
+port, which neither chmods nor removes the parent's socket file).
+
+A TCP listener the parent bound itself becomes N sockets, one a worker, in
+one C{SO_REUSEPORT} group (L{reuseport_group}): the kernel picks the socket
+of each new connection by a hash of its addresses and ports, so connections
+spread evenly whichever worker is awake. The workers share the one socket of
+the others (UDP, Unix, sockets from systemd): the kernel hands each new
+connection or datagram to whichever worker takes it first.
 
 PB and the metrics page stay in the parent: PB calls that change the daemon
 (C{quit}, C{faults}) act on the whole daemon, C{stats()}, the summary line
@@ -40,7 +46,7 @@ from twisted.internet import defer, error, fdesc, main, protocol, task
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
 
 from netecho import faults
-from netecho.daemon import NetechoService, report_fatal
+from netecho.daemon import AcceptErrors, NetechoService, report_fatal
 from netecho.datagram import MAX_DATAGRAM
 from netecho.listeners import ListenerError, _reason
 from netecho.stats import Stats
@@ -223,6 +229,62 @@ class SharedFaults(faults.Faults):
 # --- the parent ------------------------------------------------------------------
 
 
+def own_socket_each(listener, sock: socket.socket) -> bool:
+    """
+    Whether each worker gets a listening socket of its own
+    (L{reuseport_group}) for C{listener}, which the parent bound as
+    C{sock}: yes for TCP sockets the parent bound itself. Not for UDP (one
+    datagram socket shared by every worker spreads even a single client's
+    flood over them all), Unix sockets (C{SO_REUSEPORT} does not balance
+    them) or sockets from systemd (systemd owns them and keeps them across
+    restarts; netecho's extra sockets would not be).
+    """
+    return (
+        hasattr(socket, "SO_REUSEPORT")
+        and sock.type == socket.SOCK_STREAM
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+        and not listener.description.startswith("systemd:")
+    )
+
+
+def reuseport_group(sock: socket.socket, more: int, backlog: int) -> list[socket.socket]:
+    """
+    C{more} listening sockets bound where the listening TCP socket C{sock}
+    is, in one C{SO_REUSEPORT} group with it: Linux gives each new
+    connection to one socket of the group, by a hash of its addresses and
+    ports. The caller owns (and closes) the new sockets.
+
+    C{sock} was bound and listens without C{SO_REUSEPORT}, as a single
+    netecho binds it (so a port in use failed there, as ever). It gains the
+    option now: Linux puts a listening socket that has it into the group of
+    the next socket with the option that listens on its address. Only
+    processes of the same user can join the group.
+
+    @raise OSError: the group cannot be made (C{sock} is as it was, and
+        nothing new is left open).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    address = sock.getsockname()
+    v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) if sock.family == socket.AF_INET6 else None
+    made: list[socket.socket] = []
+    try:
+        for _ in range(more):
+            s = socket.socket(sock.family, socket.SOCK_STREAM)
+            made.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's ports do
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if v6only is not None:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            s.bind(address)
+            s.listen(backlog)
+    except OSError:
+        for s in made:
+            s.close()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        raise
+    return made
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """One worker as its parent sees it: its pipes and its end."""
 
@@ -309,8 +371,11 @@ class Supervisor(service.Service):
         shared_faults.supervisor = self
         self.clock = clock
         self.processes: dict[int, WorkerProcess] = {}
-        #: Inherited listening sockets: listener index -> the parent's descriptor.
-        self.fds: dict[int, int] = {}
+        #: Inherited listening sockets: listener index -> the parent's
+        #: descriptors, one a worker or one for all (L{own_socket_each}).
+        self.fds: dict[int, list[int]] = {}
+        #: The listening sockets the parent made for the workers (L{reuseport_group}).
+        self._sockets: list[socket.socket] = []
         #: Fires once every worker serves (the first time).
         self.serving = defer.Deferred()
         self._ready: set[int] = set()
@@ -332,10 +397,25 @@ class Supervisor(service.Service):
             if port is None:
                 raise ListenerError(f"cannot listen on {child.listener.label}: not bound at start, "
                                     "so it cannot be shared with --workers")
-            # The workers accept and read; the parent only holds the socket
+            # The workers accept and read; the parent only holds the sockets
             # (and, for a Unix socket, its file and lock).
             port.stopReading()
-            self.fds[index] = port.fileno()
+            fds = [port.fileno()]
+            # Twisted's ports keep their listening socket.socket and backlog
+            # in these attributes (not documented API: checked by the tests).
+            sock = getattr(port, "socket", None)
+            if sock is not None and own_socket_each(child.listener, sock):
+                try:
+                    more = reuseport_group(sock, self.count - 1, getattr(port, "backlog", 50))
+                except OSError as e:
+                    log.warn("{label}: the workers share one socket (no SO_REUSEPORT group: {why})",
+                             label=child.listener.label, why=_reason(e))
+                else:
+                    self._sockets.extend(more)
+                    fds.extend(s.fileno() for s in more)
+                    log.info("{label}: a listening socket for each worker (SO_REUSEPORT)",
+                             label=child.listener.label)
+            self.fds[index] = fds
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -368,8 +448,8 @@ class Supervisor(service.Service):
             return
         child_fds: dict[int, object] = {0: "w", 1: "r", 2: "r", REPORTS_FD: "r"}
         listeners = {}
-        for k, (index, fd) in enumerate(sorted(self.fds.items())):
-            child_fds[FIRST_LISTENER_FD + k] = fd
+        for k, (index, fds) in enumerate(sorted(self.fds.items())):
+            child_fds[FIRST_LISTENER_FD + k] = fds[(number - 1) % len(fds)]
             listeners[str(index)] = FIRST_LISTENER_FD + k
         spec = {"worker": number, "workers": self.count, "parent": os.getpid(),
                 "listeners": listeners, "args": self.argv, "faults": str(self.faults.spec)}
@@ -440,11 +520,18 @@ class Supervisor(service.Service):
             except error.ProcessExitedAlready:
                 pass
         if not waiting:
+            self._close_sockets()
             return None
         done = defer.DeferredList(waiting)
         killer = self.reactor.callLater(STOP_TIMEOUT, self._kill_all)
         done.addBoth(lambda result: killer.cancel() if killer.active() else None)
+        done.addBoth(lambda result: self._close_sockets())
         return done
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
 
     def _kill_all(self) -> None:
         for process in list(self.processes.values()):
@@ -676,7 +763,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _log_to_parent(out) -> None:
+def parent_observer(out) -> tuple[object, AcceptErrors]:
+    """
+    A worker's log observer: each event to its parent through C{out}, one
+    JSON object (level, text) a line, past the daemon's rule for Twisted's
+    accept errors (L{AcceptErrors}, returned too: its counter is set once
+    the worker's counters exist).
+    """
+    accept_errors = AcceptErrors()
+
     def observe(event):
         text = formatEvent(event)
         failure = event.get("log_failure")
@@ -692,7 +787,7 @@ def _log_to_parent(out) -> None:
         except (OSError, ValueError):
             pass
 
-    globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
+    return accept_errors.filtered(observe), accept_errors
 
 
 def worker_main(argv: list[str]) -> int:
@@ -707,7 +802,8 @@ def worker_main(argv: list[str]) -> int:
         from twisted.internet import reactor
     else:
         reactor = install()
-    _log_to_parent(sys.stdout)
+    observer, accept_errors = parent_observer(sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from twisted.python import usage
 
@@ -723,6 +819,7 @@ def worker_main(argv: list[str]) -> int:
         config[name] = share(config[name], spec["workers"])
     role = WorkerRole(spec, reactor)
     top = tap.makeService(config, reactor, worker=role)
+    accept_errors.count_refusals(top.stats.drop)
     if spec.get("faults") is not None and role.trouble is not None:
         role.trouble.set(spec["faults"])
     try:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from twisted.internet import error, task
-from twisted.trial.unittest import SynchronousTestCase
+import errno
+import io
+import json
+import os
+import socket
+import tempfile
 
-from netecho import tap, workers
+from twisted.internet import error, task
+from twisted.logger import LogLevel, LogPublisher, Logger, formatEvent
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from netecho import daemon, tap, workers
 from netecho.daemon import NetechoService
+from netecho.listeners import stream_listener, udp_listener, unix_listener
 from netecho.stats import Stats
 
 
@@ -180,3 +189,209 @@ class RestartTests(SynchronousTestCase):
         self.supervisor.tell_all = told.append
         self.supervisor.faults.set("delay=10ms")
         self.assertEqual(told, [{"faults": "delay=10ms"}])
+
+
+def listening(family=socket.AF_INET, host="127.0.0.1", v6only=None) -> socket.socket:
+    """A listening TCP socket on loopback, bound as Twisted's ports bind (no SO_REUSEPORT)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if v6only is not None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    sock.bind((host, 0))
+    sock.listen(256)
+    return sock
+
+
+def accepted(sockets) -> list[int]:
+    """Accept what is queued on each of C{sockets}; how many each had."""
+    counts = []
+    for sock in sockets:
+        sock.setblocking(False)
+        n = 0
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            n += 1
+        counts.append(n)
+    return counts
+
+
+class ReuseportTests(SynchronousTestCase):
+    """One listening socket a worker: a SO_REUSEPORT group made from the parent's socket."""
+
+    def test_group_spreads_a_burst(self):
+        """
+        A burst of 200 connects spreads over the parent's socket and the new
+        one within +/-25% (the kernel hashes each connection: with 200, a
+        miss is 3.5 standard deviations away).
+        """
+        first = listening()
+        self.addCleanup(first.close)
+        (second,) = workers.reuseport_group(first, 1, 256)
+        self.addCleanup(second.close)
+        port = first.getsockname()[1]
+        self.assertEqual(second.getsockname(), first.getsockname())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        counts = accepted([first, second])
+        self.assertEqual(sum(counts), 200)
+        for n in counts:
+            self.assertTrue(75 <= n <= 125, counts)
+
+    def test_port_still_guarded(self):
+        """Only a socket that asks for SO_REUSEPORT can join: anyone else still finds the port in use."""
+        first = listening()
+        self.addCleanup(first.close)
+        more = workers.reuseport_group(first, 2, 50)
+        self.addCleanup(lambda: [s.close() for s in more])
+        self.assertEqual(len(more), 2)
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with self.assertRaises(OSError):
+                other.bind(first.getsockname())
+
+    def test_dual_stack_kept(self):
+        """
+        An IPv6 socket that takes IPv4 (IPV6_V6ONLY=0, as a bare --tcp PORT
+        listens) gives sockets that do too: here on ::ffff:127.0.0.1, where
+        an IPv6-only socket could not even bind.
+        """
+        try:
+            first = listening(socket.AF_INET6, "::ffff:127.0.0.1", v6only=0)
+        except OSError as e:
+            raise SkipTest(f"no IPv6 here: {e}")
+        self.addCleanup(first.close)
+        (second,) = workers.reuseport_group(first, 1, 50)
+        self.addCleanup(second.close)
+        self.assertEqual((second.family, second.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)),
+                         (socket.AF_INET6, 0))
+        port = first.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        self.assertEqual(sum(accepted([first, second])), 20)
+
+    def test_which_listeners(self):
+        """TCP that the parent bound: a socket each; UDP, Unix and systemd's sockets: shared."""
+        tcp = listening()
+        self.addCleanup(tcp.close)
+        self.assertTrue(workers.own_socket_each(stream_listener("tcp", "tcp:0:interface=127.0.0.1"), tcp))
+        self.assertTrue(workers.own_socket_each(stream_listener("random", "0"), tcp))
+        self.assertFalse(workers.own_socket_each(stream_listener("tcp", "systemd:domain=INET:name=tcp"), tcp))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            self.assertFalse(workers.own_socket_each(udp_listener("127.0.0.1:0"), udp))
+        with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_UNIX) as unix:
+            path = os.path.join(d, "s")
+            unix.bind(path)
+            self.assertFalse(workers.own_socket_each(unix_listener(path, 0o660), unix))
+
+
+class WorkerLogTests(SynchronousTestCase):
+    """A worker's log goes to its parent past the daemon's rule for accept errors."""
+
+    def test_accept_errors_throttled_and_counted(self):
+        out = io.StringIO()
+        observer, accept_errors = workers.parent_observer(out)
+        # The rule's one line goes through netecho.daemon's logger, which in
+        # a worker logs to this observer.
+        self.patch(daemon, "log", Logger(namespace="netecho.daemon", observer=lambda e: observer(e)))
+        accept_errors._throttled = daemon.ThrottledLog(daemon.log, clock=lambda: 0.0)
+        stats = Stats()
+        accept_errors.count_refusals(stats.drop)
+        port_log = Logger(namespace="twisted.internet.tcp.Port", observer=observer)
+        for i in range(50):
+            port_log.info("EMFILE encountered; releasing reserved file descriptor.")
+            port_log.info("EMFILE recovery: Closed socket from {address}", address=("127.0.0.1", 1000 + i))
+            port_log.info("Re-reserving EMFILE recovery file descriptor.")
+        port_log.info("Could not accept new connection ({acceptError})", acceptError="ENOBUFS")
+        port_log.info("something else")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        self.assertEqual([line["level"] for line in lines], ["warn", "warn", "info"], lines)
+        self.assertIn("out of file descriptors: refused a connection from 127.0.0.1:1000", lines[0]["msg"])
+        self.assertEqual(lines[1]["msg"], "could not accept a connection: ENOBUFS")
+        self.assertEqual(lines[2]["msg"], "something else")
+        self.assertEqual(stats.dropped, {"fd_limit": 50, "accept_error": 1})
+        self.assertEqual(workers.snapshot(stats)["dropped"], {"fd_limit": 50, "accept_error": 1})
+
+
+class ExitAfterTwistdTests(SynchronousTestCase):
+    """fail_daemon's exit status: SystemExit out of twistd's last log line."""
+
+    def test_exit_at_twistd_last_line(self):
+        seen = []
+        publisher = LogPublisher(seen.append)
+        daemon.exit_after_twistd(1, publisher)
+        log = Logger(namespace="twisted.scripts._twistd_unix.UnixAppLogger", observer=publisher)
+        log.info("Main loop terminated.")
+        with self.assertRaises(SystemExit) as caught:
+            log.info(daemon.TWISTD_DONE)
+        self.assertEqual(caught.exception.code, 1)
+        self.assertEqual([e["log_format"] for e in seen], ["Main loop terminated.", daemon.TWISTD_DONE])
+        log.info(daemon.TWISTD_DONE)  # once only: the observer is gone
+
+
+class FakeSpawner:
+    """Records what Supervisor._spawn would start."""
+
+    def __init__(self):
+        self.spawned = []
+
+    def spawnProcess(self, process, executable, args, env, childFDs):
+        self.spawned.append((json.loads(args[-1]), childFDs))
+
+
+class SupervisorSocketsTests(TestCase):
+    """The parent's sockets for its workers, on real listeners (no worker is started)."""
+
+    def tree(self, *args):
+        from twisted.internet import reactor
+
+        top = tap.makeService(parse(*args), reactor=reactor)
+        top.privilegedStartService()  # binds; startService (which spawns) is not called
+        self.addCleanup(top.stopService)
+        return top
+
+    def test_a_socket_each_for_tcp_one_for_udp(self):
+        top = self.tree("--tcp", "tcp:0:interface=127.0.0.1", "--udp", "127.0.0.1:0", "--workers", "3")
+        supervisor = top.workers
+        tcp_fds, udp_fds = (supervisor.fds[i] for i in sorted(supervisor.fds))
+        self.assertEqual(len(set(tcp_fds)), 3)
+        self.assertEqual(len(udp_fds), 1)
+        names = set()
+        for fd in tcp_fds:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                self.assertEqual(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
+                names.add(s.getsockname())
+        self.assertEqual(len(names), 1)  # one address: the port the kernel chose for port 0
+        supervisor.reactor = spawner = FakeSpawner()
+        for number in (1, 2, 3):
+            supervisor._spawn(number)
+        supervisor.processes.clear()  # nothing was started: nothing to stop
+        given = [(spec["listeners"], fds) for spec, fds in spawner.spawned]
+        self.assertEqual([listeners for listeners, _ in given], [{"0": 4, "1": 5}] * 3)
+        self.assertEqual([fds[4] for _, fds in given], tcp_fds)  # worker N: the Nth socket
+        self.assertEqual([fds[5] for _, fds in given], udp_fds * 3)  # one UDP socket for all
+
+    async def test_sockets_closed_on_stop(self):
+        top = self.tree("--tcp", "tcp:0:interface=127.0.0.1", "--workers", "2")
+        made = list(top.workers._sockets)
+        self.assertEqual(len(made), 1)
+        await top.stopService()
+        self.assertEqual((made[0].fileno(), top.workers._sockets), (-1, []))
+
+    def test_no_group_falls_back_to_one_socket(self):
+        events = []
+        self.patch(workers, "log", Logger(observer=events.append))
+
+        def refused(sock, more, backlog):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        self.patch(workers, "reuseport_group", refused)
+        top = self.tree("--tcp", "tcp:0:interface=127.0.0.1", "--workers", "2")
+        ((fd,),) = top.workers.fds.values()
+        self.assertEqual(fd, top.workers.parent.namedServices["--tcp tcp:0:interface=127.0.0.1"].port.fileno())
+        (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(formatEvent(warning), "--tcp tcp:0:interface=127.0.0.1: the workers share one socket "
+                                               "(no SO_REUSEPORT group: operation not permitted)")

@@ -2,7 +2,9 @@
 The files in deploy/ against the real tools: systemd-analyze (verify and
 security), systemd-socket-activate handing TCP, Unix and UDP sockets to the
 real daemon, sd_notify on a test NOTIFY_SOCKET, HAProxy with the PROXY
-protocol in front of two daemons, and a tshark capture on loopback.
+protocol in front of two daemons and in front of one daemon with --workers, and
+a tshark capture on loopback (deploy/Containerfile and deploy/kubernetes/:
+tests/integration/test_orchestrator.py).
 
 Everything listens on 127.0.0.1 (or a Unix path in a fresh temporary
 directory); every subprocess is killed in cleanup; every wait is bounded.
@@ -337,6 +339,24 @@ class SocketActivationTests(TestCase):
         d.wait_for(f"--udp systemd:udp: listening on 127.0.0.1:{port}")
         self.assertIn(" datagrams_echoed=5 ", self.assert_clean_stop(d))
 
+    def test_tcp_with_workers(self):
+        """
+        --workers 2 on systemd's socket: the parent adopts it and both
+        workers accept from that one socket (systemd keeps it, so no
+        SO_REUSEPORT group of netecho's own); the stop is clean.
+        """
+        port = free_port()
+        d = self.daemon(["-l", f"127.0.0.1:{port}", "--fdname=tcp"],
+                        "--workers", "2", "--tcp", "systemd:domain=INET:name=tcp")
+        for i in range(10):  # the first connection starts the daemon
+            data = b"activated %d\n" % i
+            self.assertEqual(stream_echo(socket.AF_INET, ("127.0.0.1", port), data), data)
+        d.wait_for("netecho ready")
+        log = d.log_text()
+        self.assertIn("worker 2 serving", log)
+        self.assertNotIn("a listening socket for each worker", log)
+        self.assertIn(" tcp=10 ", self.assert_clean_stop(d))
+
     def test_all_three_in_one_daemon(self):
         """
         TCP, Unix and UDP handed to one daemon, as the socket units do.
@@ -497,25 +517,25 @@ class UnitCommandLineTests(TestCase):
         self.assertIn(" tcp=2 ", d.wait_for("summary: "))
 
 
-class HAProxyTests(TestCase):
-    """deploy/haproxy.cfg in front of two daemons, with the PROXY protocol."""
+class HAProxyRig:
+    """A real HAProxy on a config of deploy/, in front of daemons of the test's own."""
 
     def setUp(self):
         self.haproxy = peers.require("haproxy", "haproxy")
         self.dir = tempfile.mkdtemp(prefix="netecho-haproxy-")
         self.addCleanup(shutil.rmtree, self.dir, True)
 
-    def config(self, front: int, backends: list[int]) -> str:
-        """deploy/haproxy.cfg bound to 127.0.0.1:front, its servers on our ports."""
-        with open(os.path.join(DEPLOY, "haproxy.cfg")) as f:
+    def config(self, front: int, backends: list[int], name: str = "haproxy.cfg") -> str:
+        """deploy/NAME bound to 127.0.0.1:front, its servers on our ports."""
+        with open(os.path.join(DEPLOY, name)) as f:
             text = f.read()
         text, binds = re.subn(r"(?m)^(\s*bind) \S+.*$", rf"\1 127.0.0.1:{front}", text)
         self.assertEqual(binds, 1)
         servers = iter(backends)
         text, count = re.subn(r"(?m)^(\s*server \S+) 127\.0\.0\.1:\d+",
                               lambda m: f"{m.group(1)} 127.0.0.1:{next(servers)}", text)
-        self.assertEqual(count, len(backends), "deploy/haproxy.cfg should name two servers")
-        path = os.path.join(self.dir, "haproxy.cfg")
+        self.assertEqual(count, len(backends), f"deploy/{name} should name {len(backends)} server(s)")
+        path = os.path.join(self.dir, name)
         with open(path, "w") as f:
             f.write(text)
         return path
@@ -534,21 +554,30 @@ class HAProxyTests(TestCase):
         self.addCleanup(stop)
         return proc
 
-    def start_pair(self) -> tuple[list[Daemon], int]:
-        """Two daemons behind HAProxy; the front end's port."""
-        label = "--tcp haproxy:tcp:0:interface=127.0.0.1"
-        daemons = [Daemon(self, *label.split(" ", 1)).start() for _ in range(2)]
-        front = free_port()
-        proc = self.start_haproxy(self.config(front, [d.port(label) for d in daemons]))
+    def start_front(self, cfg: str) -> int:
+        """HAProxy on C{cfg}, once it accepts; its front end's port."""
+        with open(cfg) as f:
+            front = int(re.search(r"(?m)^\s*bind 127\.0\.0\.1:(\d+)", f.read()).group(1))
+        proc = self.start_haproxy(cfg)
         deadline = time.monotonic() + 10
         while True:  # until HAProxy listens (a connect without data logs nothing)
             self.assertIsNone(proc.poll(), "haproxy exited")
             try:
                 socket.create_connection(("127.0.0.1", front), timeout=5).close()
-                return daemons, front
+                return front
             except ConnectionRefusedError:
                 self.assertLess(time.monotonic(), deadline, "haproxy does not accept")
                 time.sleep(0.05)
+
+
+class HAProxyTests(HAProxyRig, TestCase):
+    """deploy/haproxy.cfg in front of two daemons, with the PROXY protocol."""
+
+    def start_pair(self) -> tuple[list[Daemon], int]:
+        """Two daemons behind HAProxy; the front end's port."""
+        label = "--tcp haproxy:tcp:0:interface=127.0.0.1"
+        daemons = [Daemon(self, *label.split(" ", 1)).start() for _ in range(2)]
+        return daemons, self.start_front(self.config(free_port(), [d.port(label) for d in daemons]))
 
     def test_two_instances_see_the_real_client(self):
         """
@@ -585,6 +614,45 @@ class HAProxyTests(TestCase):
         daemons, front = self.start_pair()
         data = os.urandom(100_000)
         self.assertEqual(stream_echo(socket.AF_INET, ("127.0.0.1", front), data), data)
+
+
+class HAProxyWorkersTests(HAProxyRig, TestCase):
+    """deploy/haproxy-workers.cfg in front of one daemon with --workers 2."""
+
+    def test_workers_see_the_real_client(self):
+        """
+        Through HAProxy (PROXY protocol) to one daemon with 2 workers: every
+        echo comes back, both workers serve, and the workers log each
+        client's own address and port (they parse the PROXY header).
+        """
+        label = "--tcp haproxy:tcp:0:interface=127.0.0.1"
+        d = Daemon(self, "--workers", "2", *label.split(" ", 1)).start()
+        front = self.start_front(self.config(free_port(), [d.port(label)], "haproxy-workers.cfg"))
+        clients = []
+        for i in range(20):
+            data = b"through haproxy to a worker %d\n" % i
+            with socket.create_connection(("127.0.0.1", front), timeout=5) as s:
+                clients.append("%s:%d" % s.getsockname()[:2])
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                reply = b""
+                while True:
+                    chunk = s.recv(100)
+                    if not chunk:
+                        break
+                    reply += chunk
+            self.assertEqual(reply, data)
+        served = {}
+        deadline = time.monotonic() + 10
+        while len(served) < len(clients):
+            self.assertLess(time.monotonic(), deadline, f"not every client logged: {served}\n{d.log_text()}")
+            for line in d.log_text().splitlines():
+                m = re.search(r"worker (\d): echo tcp (\S+) closed after", line)
+                if m and m.group(2) in clients:
+                    served[m.group(2)] = m.group(1)
+            time.sleep(0.05)
+        self.assertEqual(set(served.values()), {"1", "2"}, "both workers should serve")
+        self.assertEqual(d.stop(), -signal.SIGTERM)
 
 
 class CaptureTests(TestCase):

@@ -16,7 +16,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.integration.clients import netecho
 from tests.integration.harness import Daemon
-from tests.integration.test_daemon import summary_fields
+from tests.integration.test_daemon import self_signed, summary_fields, tls_echo
+from tests.integration.test_daemon_ops import OpsDaemon, summary_drops, wait_until
 
 WORKER_PID = re.compile(r"worker (\d+) serving \(pid (\d+)\)")
 
@@ -170,7 +171,11 @@ class WorkersTests(TestCase):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
         self.assertEqual(d.wait(), 1)
-        self.assertIn("restarts within a minute: stopping the daemon", d.log_text())
+        log = d.log_text()
+        self.assertIn("restarts within a minute: stopping the daemon", log)
+        # A clean stop all the same: the summary, then twistd's own last line.
+        self.assertLess(log.index("summary: "), log.index("Server Shut Down."))
+        self.assertNotIn("Traceback", log + d.stderr)
         self.assertEqual(wait_gone(worker_pids(d).values()), [])
 
     def test_exit_on_stop_stops_every_process(self):
@@ -199,3 +204,98 @@ class WorkersTests(TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(d.wait(), 0)
         self.assertEqual(wait_gone(pids), [])
+
+    def test_burst_of_connects_spread(self):
+        """
+        A burst of 200 TCP connects (each sends once it is connected, as
+        netecho bench does) lands within +/-25% of an even share on each of
+        2 workers: each worker accepts on its own socket of one SO_REUSEPORT
+        group, so the spread does not depend on which worker is awake.
+        """
+        d = self.start("--tcp", "tcp:0:interface=127.0.0.1", "--metrics", "0")
+        port = d.port("--tcp tcp:0:interface=127.0.0.1")
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for c in clients:
+            c.sendall(b"x" * 1024)
+        for c in clients:
+            got = b""
+            while len(got) < 1024:
+                chunk = c.recv(4096)
+                self.assertTrue(chunk, "connection closed before its echo")
+                got += chunk
+        url = f"http://127.0.0.1:{d.port('--metrics 0')}/metrics"
+
+        def per_worker():
+            page = urllib.request.urlopen(url, timeout=5).read().decode()
+            counts = [float(v) for v in re.findall(r'netecho_worker_connections_total\{worker="\d"\} (\S+)', page)]
+            return counts if sum(counts) == 200 else None
+
+        counts = wait_until(per_worker, 10, "every connection in the workers' reports")
+        self.assertEqual(len(counts), 2)
+        for n in counts:
+            self.assertTrue(75 <= n <= 125, counts)
+        self.assertIn("--tcp tcp:0:interface=127.0.0.1: a listening socket for each worker", d.log_text())
+
+    def test_out_of_descriptors_counted_and_throttled(self):
+        """
+        ulimit -n 64 and 200 clients at once with 2 workers: the workers'
+        refusals for want of descriptors go through the daemon's rule (one
+        line per 10 s a worker, counted: dropped: fd_limit=N and the
+        metrics), never Twisted's lines for every refusal.
+        """
+        started = time.monotonic()
+        d = OpsDaemon(self, "--workers", "2", "--tcp", "tcp:0:interface=127.0.0.1", "--metrics", "0",
+                      shell="ulimit -n 64").start()
+        self.addCleanup(lambda: [os.kill(p, signal.SIGKILL) for p in worker_pids(d).values() if alive(p)])
+        port = d.port("--tcp tcp:0:interface=127.0.0.1")
+        clients = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.addCleanup(s.close)
+            clients.append(s)
+        d.wait_for("out of file descriptors", timeout=15)
+        for s in clients:
+            s.close()
+        url = f"http://127.0.0.1:{d.port('--metrics 0')}/metrics"
+
+        def scrape():
+            try:
+                text = urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                return None
+            m = re.search(r'^netecho_refused_total\{reason="fd_limit"\} (\d+)', text, re.M)
+            return m and int(float(m.group(1)))
+
+        refused = wait_until(scrape, 15, "fd_limit in the metrics")
+        self.assertEqual(echo_tcp(port), b"hello\n")
+        self.assertEqual(d.stop(), -signal.SIGTERM)
+        self.assertGreaterEqual(summary_drops(d)["fd_limit"], refused)
+        text = d.log_text()
+        self.assertNotIn("EMFILE", text)
+        self.assertNotIn("Traceback", text)
+        lines = [line for line in text.splitlines() if "out of file descriptors" in line]
+        self.assertTrue(all(re.search(r"worker [12]: out of file descriptors", line) for line in lines), lines)
+        allowed = 1 + int((time.monotonic() - started) // 10)
+        for number in (1, 2):
+            self.assertLessEqual(sum(f"worker {number}: " in line for line in lines), allowed, lines)
+
+    def test_tls_endpoint_spread(self):
+        """--tcp ssl:... with 2 workers: each worker's socket of the group speaks TLS; both serve."""
+        key, cert = self_signed(self.dir)
+        label = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        d = self.start("--tcp", label, "--metrics", "0")
+        port = d.port(f"--tcp {label}")
+        for i in range(30):
+            data = os.urandom(1000 + i)
+            self.assertEqual(tls_echo(port, data), data)
+        self.assertIn(f"--tcp {label}: a listening socket for each worker", d.log_text())
+        url = f"http://127.0.0.1:{d.port('--metrics 0')}/metrics"
+
+        def per_worker():
+            page = urllib.request.urlopen(url, timeout=5).read().decode()
+            counts = [float(v) for v in re.findall(r'netecho_worker_connections_total\{worker="\d"\} (\S+)', page)]
+            return counts if sum(counts) == 30 else None
+
+        counts = wait_until(per_worker, 10, "every connection in the workers' reports")
+        self.assertTrue(all(n > 0 for n in counts), counts)  # 30 connections: both, but for 1 in 500 million
