@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.spread import banana, pb
 from zope.interface import implementer
 
-from netecho import lookup
+from netecho.dns import api as lookup
 from netecho.address import describe, unmap
 from netecho.errors import UserError
 from netecho.limits import Guard

@@ -42,3 +42,16 @@ def require_root(why: str) -> None:
     """Skip (never fail) unless running as root, which C{why} needs."""
     if os.geteuid() != 0:
         raise SkipTest(f"needs root: {why}")
+
+
+def require_nsd_tls() -> str:
+    """The path of an NSD that can serve DNS over TLS (built with OpenSSL, 4.3 or later)."""
+    import re
+
+    nsd = require("nsd", "nsd")
+    out = subprocess.run([nsd, "-v"], capture_output=True, text=True, timeout=10)
+    text = out.stdout + out.stderr
+    version = re.search(r"NSD version (\d+)\.(\d+)", text)
+    if "OpenSSL" not in text or version is None or tuple(map(int, version.groups())) < (4, 3):
+        missing(f"{nsd} cannot serve DNS over TLS (needs NSD 4.3+ built with OpenSSL): apt-get install nsd")
+    return nsd

@@ -31,6 +31,9 @@ from netecho.errors import UserError, dial_error
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
+#: What every client prints once when --insecure turns verification off.
+INSECURE_WARNING = "netecho: warning: --insecure: the server's certificate is not verified\n"
+
 
 def add_options(parser: argparse.ArgumentParser, switch: bool = True) -> None:
     """
@@ -137,7 +140,7 @@ class ClientTLS:
     def from_args(cls, args: argparse.Namespace, host: str, warn=None) -> "ClientTLS":
         """Settings from the parsed options; warns on C{warn} (stderr) when insecure."""
         if args.insecure:
-            (warn or sys.stderr).write("netecho: warning: --insecure: the server's certificate is not verified\n")
+            (warn or sys.stderr).write(INSECURE_WARNING)
             (warn or sys.stderr).flush()
         else:
             hide_identity_tracebacks()

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
-from netecho import lookup
+from netecho.dns import api as lookup
 from netecho.errors import UserError
 from tests import peers
 from tests.test_lookup import a_records, overrun, reply_to
@@ -55,22 +55,52 @@ def soa_query() -> bytes:
     return m.toStr()
 
 
-class NSD:
-    """NSD in the foreground with a configuration of our own, in a temporary directory."""
+class NSDExited(AssertionError):
+    """NSD ended before it answered (for one: a port taken since it was found free)."""
 
-    def __init__(self) -> None:
+
+class NSD:
+    """
+    NSD in the foreground with a configuration of our own, in a temporary
+    directory: C{zone_files} (zone name -> path, by default the zones in
+    tests/zones/), and with C{tls} (key file, certificate file) DNS over
+    TLS on C{tls_port} too; C{server_options}: more lines for its
+    C{server:} section (benchmarks turn response rate limiting off).
+    """
+
+    def __init__(self, zone_files: dict[str, str] | None = None, tls: tuple[str, str] | None = None,
+                 server_options: str = "") -> None:
         exe = peers.require("nsd", "nsd")
+        if zone_files is None:
+            zone_files = {name: os.path.join(ZONES, file) for name, file in ZONE_FILES.items()}
+        # A port found free can be taken by another process before NSD binds
+        # it: then NSD exits at once, and new ports are tried (a few times).
+        for attempt in range(3):
+            try:
+                self.start(exe, zone_files, tls, server_options)
+                return
+            except NSDExited:
+                if attempt == 2:
+                    raise
+
+    def start(self, exe: str, zone_files: dict[str, str], tls: tuple[str, str] | None, server_options: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="netecho-nsd-")
         self.port = free_port_udp_and_tcp()
+        self.tls_port = None
         conf = os.path.join(self.dir, "nsd.conf")
-        zones = "".join(
-            f"zone:\n    name: {name}\n    zonefile: {os.path.join(ZONES, file)}\n" for name, file in ZONE_FILES.items()
-        )
+        zones = "".join(f"zone:\n    name: {name}\n    zonefile: {path}\n" for name, path in zone_files.items())
+        listen = "    ip-address: 127.0.0.1\n"
+        if tls is not None:
+            self.tls_port = free_port_udp_and_tcp()
+            # NSD speaks TLS on the interfaces whose port is tls-port.
+            listen = (f"    ip-address: 127.0.0.1@{self.port}\n    ip-address: 127.0.0.1@{self.tls_port}\n"
+                      f"    tls-port: {self.tls_port}\n"
+                      f'    tls-service-key: "{tls[0]}"\n    tls-service-pem: "{tls[1]}"\n')
         with open(conf, "w") as f:
             f.write(
                 "server:\n"
-                "    ip-address: 127.0.0.1\n"
-                f"    port: {self.port}\n"
+                + listen
+                + f"    port: {self.port}\n"
                 "    do-ip6: no\n"
                 '    username: ""\n'
                 '    chroot: ""\n'
@@ -82,7 +112,8 @@ class NSD:
                 f'    logfile: "{self.dir}/nsd.log"\n'
                 "    server-count: 1\n"
                 "    verbosity: 1\n"
-                "remote-control:\n"
+                + server_options
+                + "remote-control:\n"
                 "    control-enable: no\n" + zones
             )
         self.log = open(os.path.join(self.dir, "stderr.log"), "wb")
@@ -99,7 +130,7 @@ class NSD:
             s.settimeout(0.2)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"nsd exited with {self.proc.returncode}: {self.logs()}")
+                    raise NSDExited(f"nsd exited with {self.proc.returncode}: {self.logs()}")
                 s.sendto(soa_query(), ("127.0.0.1", self.port))
                 try:
                     data = s.recv(4096)

@@ -388,7 +388,7 @@ class PatchedResolverDaemon(Daemon):
 
     def command(self) -> list[str]:
         code = (
-            "import sys, netecho.lookup as lookup; "
+            "import sys, netecho.dns.api as lookup; "
             f"lookup.system_servers = lambda *a, **k: [('127.0.0.1', {self.dns_port})]; "
             "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
         )
