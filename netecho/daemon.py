@@ -299,6 +299,7 @@ class NetechoService(service.MultiService):
         #: With --workers: the L{netecho.workers.Supervisor} of the worker processes.
         self.workers = None
         self._exit_status = 0
+        self._announced = False
 
     def privilegedStartService(self) -> None:
         if self.twistd_log is not None:
@@ -331,7 +332,18 @@ class NetechoService(service.MultiService):
             return
         self._announce()
 
+    def is_ready(self) -> bool:
+        """
+        Whether the daemon serves (what C{/ready} on the metrics site says):
+        it has announced itself ready, is not stopping, and with
+        C{--workers} every worker serves right now.
+        """
+        if not (self._announced and self.running):
+            return False
+        return self.workers is None or self.workers.all_serving()
+
     def _announce(self) -> None:
+        self._announced = True
         listeners = [c.name for c in self if hasattr(c, "listener")]
         log.info("netecho ready: {listeners}", listeners=", ".join(listeners))
         if sd_notify("READY=1\n" + self._status()):

@@ -222,7 +222,7 @@ def _check_endpoint(value: str, description: str) -> None:
     # missing TLS files while a UsageError can still say so. A systemd:
     # endpoint depends on the sockets inherited when the daemon starts: it
     # is checked then (StreamListenerService).
-    if description.startswith("systemd:"):
+    if systemd_endpoint(description) is not None:
         return
     try:
         endpoints.serverFromString(None, description)
@@ -241,14 +241,28 @@ def _endpoint_problem(e: Exception) -> str:
     return text or type(e).__name__
 
 
+def systemd_endpoint(description: str) -> str | None:
+    """
+    The C{systemd:...} endpoint in a description: the description itself,
+    or the one a wrapper wraps (C{haproxy:systemd:domain=INET:name=tcp});
+    None when its socket does not come from systemd.
+    """
+    if description.startswith("systemd:"):
+        return description
+    at = description.find(":systemd:")
+    return description[at + 1:] if at >= 0 else None
+
+
 def inherited_problem(description: str) -> str | None:
     """
-    For a C{systemd:...:name=NAME} description (or a bare C{systemd:NAME}
-    for UDP), why it cannot be served: no inherited socket of that name.
+    For a C{systemd:...:name=NAME} description, wrapped or not (or a bare
+    C{systemd:NAME} for UDP), why it cannot be served: no inherited socket
+    of that name.
     """
-    if not description.startswith("systemd:"):
+    part = systemd_endpoint(description)
+    if part is None:
         return None
-    rest = description[len("systemd:"):]
+    rest = part[len("systemd:"):]
     params = dict(p.partition("=")[::2] for p in rest.split(":") if "=" in p)
     name = params.get("name") if params else rest
     if not name:

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from twisted.python import reflect
+
 from netecho import __version__
 
 #: Defaults that depend on the machine the page is made on, said in words.
@@ -111,14 +113,20 @@ def _options_rows(options) -> list[tuple[str, bool, str, object]]:
     The options of a L{usage.Options} instance as its C{--help} lists them:
     (long name, takes a value, doc, default), sorted as Twisted sorts them.
     """
+    # The coerce callables' docs, as --help shows them, from the options'
+    # public optParameters lists (name, short, default, doc, coerce).
+    parameters: list = []
+    reflect.accumulateClassList(type(options), "optParameters", parameters)
+    coerce_docs = {
+        entry[0]: getattr(entry[4], "coerceDoc", "") for entry in parameters if len(entry) > 4 and entry[4]
+    }
     rows = []
     for opt in options.longOpt:
         takes_value = opt.endswith("=")
         name = opt.rstrip("=")
         doc = (options.docs.get(name) or "").strip()
         default = options.defaults.get(name) if takes_value else None
-        dispatch = options._dispatch.get(name)
-        coerce_doc = getattr(dispatch, "doc", None)
+        coerce_doc = coerce_docs.get(name)
         if takes_value and coerce_doc:
             doc = f"{doc}. {coerce_doc}"
         rows.append((name, takes_value, doc, default))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -136,8 +138,36 @@ class MetricsPage(resource.Resource):
         return encoder(self.registry)
 
 
-def metrics_site(stats: Stats) -> server.Site:
-    """A web site serving the daemon's metrics at C{/metrics} (404 elsewhere)."""
+class ReadyPage(resource.Resource):
+    """
+    C{GET /ready}: 200 C{ready} while the daemon serves (with C{--workers},
+    every worker), else 503 C{not ready}: for readiness probes and load
+    balancers' health checks, which a connection to an echo port cannot
+    answer (the kernel accepts it even with no worker to serve it).
+    """
+
+    isLeaf = True
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        super().__init__()
+        self.ready = ready
+
+    def render_GET(self, request) -> bytes:
+        if request.postpath not in ([], [b""]):
+            return pages.notFound().render(request)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self.ready():
+            return b"ready\n"
+        request.setResponseCode(503)
+        return b"not ready\n"
+
+
+def metrics_site(stats: Stats, ready: Callable[[], bool] | None = None) -> server.Site:
+    """
+    A web site serving the daemon's metrics at C{/metrics} and, given
+    C{ready}, its readiness at C{/ready} (404 elsewhere).
+    """
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StatsCollector(stats))
     # The process's CPU, memory, descriptors and start time; Python's version.
@@ -145,6 +175,8 @@ def metrics_site(stats: Stats) -> server.Site:
     PlatformCollector(registry=registry)
     root = resource.Resource()
     root.putChild(b"metrics", MetricsPage(registry))
+    if ready is not None:
+        root.putChild(b"ready", ReadyPage(ready))
     site = server.Site(root)
     site.noisy = False
     site.displayTracebacks = False

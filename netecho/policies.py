@@ -37,6 +37,10 @@ log = Logger()
 #: How many bytes of a payload a ``--log-data`` line shows.
 LOG_DATA_LIMIT = 200
 
+#: How long a Unix connection named as a liveness probe may stay silent and
+#: still not count as a client (a real probe connects and closes at once).
+PROBE_GRACE = 2.0
+
 
 def escape(data: bytes, limit: int = LOG_DATA_LIMIT) -> str:
     """Printable, escaped, truncated form of a payload for the log."""
@@ -85,12 +89,12 @@ class Session(policies.ProtocolWrapper):
         # reclaiming its path) connects, sends nothing and closes, naming
         # itself by its address (netecho.transports.LIVENESS_PROBE): it is
         # no client, so it is neither counted nor logged as one. The name
-        # is taken at its word only while it sends nothing: its first byte
-        # makes it a client like any other. The caps and the idle sweep
-        # (the guard) see it all along.
+        # is taken at its word only while it sends nothing and only for
+        # PROBE_GRACE seconds (a real probe closes at once): its first byte,
+        # or staying longer, makes it a client like any other. The caps,
+        # the idle sweep (the guard) and the active gauge see it all along.
         self.probe = self.kind == "unix" and is_liveness_probe(transport.getPeer().name)
-        if not self.probe:
-            self._stats.connection_opened(self.label)
+        self._stats.connection_opened(self.label, client=not self.probe)
         if factory.guard is not None:
             factory.guard.opened(self)
         # ProtocolWrapper.makeConnection: provide what the transport does,
@@ -113,7 +117,7 @@ class Session(policies.ProtocolWrapper):
             return
         if self.probe:
             self.probe = False
-            self._stats.connection_opened(self.label)
+            self._stats.client_counted(self.label)
         self.received += len(data)
         if self._log_data:
             log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
@@ -175,6 +179,10 @@ class Session(policies.ProtocolWrapper):
         factory = self.factory
         if factory.guard is not None:
             factory.guard.closed(self)
+        self._stats.connection_closed(self.label)
+        if self.probe and factory.clock() - self.started > PROBE_GRACE:
+            self.probe = False  # too long for a probe: a silent client
+            self._stats.client_counted(self.label)
         if self.probe:
             log.debug(
                 "{service} {kind} {peer}: a liveness probe (another server checking whether "
@@ -182,7 +190,6 @@ class Session(policies.ProtocolWrapper):
                 service=factory.service, kind=self.kind, peer=self.peer,
             )
         else:
-            self._stats.connection_closed(self.label)
             log.info(
                 "{service} {kind} {peer} closed after {duration:.3f}s: "
                 "{received} bytes in, {sent} bytes out{why}",

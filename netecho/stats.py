@@ -46,10 +46,19 @@ class Stats:
 
     # What the services push.
 
-    def connection_opened(self, label: str) -> None:
-        """A stream connection was accepted: C{label} as in L{opened}."""
-        self.opened[label] = self.opened.get(label, 0) + 1
+    def connection_opened(self, label: str, client: bool = True) -> None:
+        """
+        A stream connection was accepted: C{label} as in L{opened}. It is
+        active until L{connection_closed}; it counts as a client served
+        unless C{client} is false (until L{client_counted}).
+        """
+        if client:
+            self.opened[label] = self.opened.get(label, 0) + 1
         self.active[label] = self.active.get(label, 0) + 1
+
+    def client_counted(self, label: str) -> None:
+        """A connection opened with C{client=False} turned out to be a client after all."""
+        self.opened[label] = self.opened.get(label, 0) + 1
 
     def connection_closed(self, label: str) -> None:
         """A stream connection accepted with C{label} has closed."""

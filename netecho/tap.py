@@ -311,7 +311,7 @@ def makeService(config: Options, reactor=None, worker=None) -> NetechoService:
         "udp": udp_echo,
         "random": lambda: Served(RandomNumberFactory(), stats, "random", guard=guard, **policy),
         "pb": rpc.factory,
-        "metrics": lambda: metrics_site(stats),
+        "metrics": lambda: metrics_site(stats, ready=top.is_ready),
     }
     for index, listener in enumerate(config["listeners"]):
         if worker is not None:  # a worker of --workers adopts what its parent bound

@@ -416,6 +416,23 @@ def peer_gone(transport) -> bool:
         return False
 
 
+def bound_socket(port) -> tuple[socket.socket, int] | None:
+    """
+    A listening stream port's socket and backlog, if the port bound its
+    socket itself (a Twisted C{tcp.Port} from C{listenTCP}); None for a
+    socket it adopted (C{adoptStreamPort}: systemd's), whose backlog is not
+    its own, and for anything else.
+    """
+    # Private: tcp.Port keeps its socket.socket in .socket and the backlog
+    # it listened with in .backlog (None on an adopted port). Used by
+    # netecho.workers to bind one socket a worker next to it.
+    sock = getattr(port, "socket", None)
+    backlog = getattr(port, "backlog", None)
+    if not isinstance(sock, socket.socket) or not isinstance(backlog, int):
+        return None
+    return sock, backlog
+
+
 #: The abstract Unix address (Linux) a liveness probe binds (netecho.listeners)
 #: before it connects, followed by C{:PID:TOKEN}: the server it reaches sees
 #: it as the peer's address, and netecho's (L{netecho.policies.Session})

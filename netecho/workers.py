@@ -48,9 +48,9 @@ from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
 from netecho import faults
 from netecho.daemon import AcceptErrors, NetechoService, report_fatal
 from netecho.datagram import MAX_DATAGRAM
-from netecho.listeners import ListenerError, _reason
+from netecho.listeners import ListenerError, _reason, systemd_endpoint
 from netecho.stats import Stats
-from netecho.transports import InheritedUNIXEndpoint
+from netecho.transports import InheritedUNIXEndpoint, bound_socket
 
 log = Logger()
 
@@ -243,8 +243,24 @@ def own_socket_each(listener, sock: socket.socket) -> bool:
         hasattr(socket, "SO_REUSEPORT")
         and sock.type == socket.SOCK_STREAM
         and sock.family in (socket.AF_INET, socket.AF_INET6)
-        and not listener.description.startswith("systemd:")
+        and systemd_endpoint(listener.description) is None
     )
+
+
+def adopted_description(description: str) -> str:
+    """
+    The endpoint description a worker listens with: a wrapped C{systemd:}
+    endpoint (C{haproxy:systemd:domain=INET:name=tcp}) becomes the same
+    wrapper around C{tcp:0} (C{unix:...} for C{domain=UNIX}), whose listen
+    L{AdoptingReactor} turns into adopting the socket the parent passed:
+    the worker does not see systemd's descriptors or their names.
+    """
+    part = systemd_endpoint(description)
+    if part is None or part == description:
+        return description
+    params = dict(p.partition("=")[::2] for p in part[len("systemd:"):].split(":"))
+    inner = "unix:address=adopted" if params.get("domain", "").upper() == "UNIX" else "tcp:0"
+    return description[: -len(part)] + inner
 
 
 def reuseport_group(sock: socket.socket, more: int, backlog: int) -> list[socket.socket]:
@@ -401,13 +417,11 @@ class Supervisor(service.Service):
             # (and, for a Unix socket, its file and lock).
             port.stopReading()
             fds = [port.fileno()]
-            # Twisted's ports keep their listening socket.socket and backlog
-            # in these attributes (not documented API: checked by the tests).
-            sock = getattr(port, "socket", None)
-            if sock is not None and own_socket_each(child.listener, sock):
+            bound = bound_socket(port)
+            if bound is not None and own_socket_each(child.listener, bound[0]):
                 try:
-                    more = reuseport_group(sock, self.count - 1, getattr(port, "backlog", 50))
-                except OSError as e:
+                    more = reuseport_group(bound[0], self.count - 1, bound[1])
+                except (OSError, ValueError, TypeError) as e:
                     log.warn("{label}: the workers share one socket (no SO_REUSEPORT group: {why})",
                              label=child.listener.label, why=_reason(e))
                 else:
@@ -473,6 +487,10 @@ class Supervisor(service.Service):
                 self.serving.callback(None)
         if "stop" in report:
             self.parent.stop_daemon(f"worker {number}: {report['stop']}")
+
+    def all_serving(self) -> bool:
+        """Whether every worker serves now (none dead or starting again)."""
+        return len(self._ready) == self.count
 
     def tell_all(self, order: dict) -> None:
         """Send C{order} to every live worker."""
@@ -659,7 +677,9 @@ class AdoptedListenerService(service.Service):
             if family == socket.AF_UNIX:
                 return _unix_port(self.reactor, self.fd, self.serve())
             return self.reactor.adoptStreamPort(self.fd, family, self.serve())
-        endpoint = endpoints.serverFromString(AdoptingReactor(self.reactor, self.fd, family), description)
+        endpoint = endpoints.serverFromString(
+            AdoptingReactor(self.reactor, self.fd, family), adopted_description(description)
+        )
         outcome: list = []
         endpoint.listen(self.serve()).addBoth(outcome.append)
         if not outcome:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 from twisted.internet import address, interfaces
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, Logger
 from twisted.trial.unittest import SkipTest, TestCase
@@ -87,8 +88,9 @@ class SessionTests(TestCase):
         return [e["log_format"] for e in self.events if e["log_level"] is level]
 
     def test_probe_is_not_a_client(self):
+        """Active while open (the gauge and the caps agree), never a client served."""
         session, _ = self.connect(PROBE)
-        self.assertEqual(self.stats.active.get("unix", 0), 0)
+        self.assertEqual((self.stats.opened.get("unix", 0), self.stats.active["unix"]), (0, 1))
         session.connectionLost(None)
         self.assertEqual((self.stats.opened.get("unix", 0), self.stats.active.get("unix", 0)), (0, 0))
         self.assertEqual(self.logged(LogLevel.info), [])
@@ -106,6 +108,19 @@ class SessionTests(TestCase):
         self.assertEqual(self.stats.active["unix"], 0)
         (closed,) = self.logged(LogLevel.info)
         self.assertIn("closed after", closed)
+        self.assertEqual(self.logged(LogLevel.debug), [])
+
+    def test_silent_probe_past_the_grace_is_a_client(self):
+        """A connection named as a probe that stays silent past PROBE_GRACE is a client all the same."""
+        clock = Clock()
+        self.factory.clock = clock.seconds
+        session, _ = self.connect(PROBE)
+        clock.advance(policies.PROBE_GRACE + 0.5)
+        session.connectionLost(None)
+        self.assertEqual((self.stats.opened["unix"], self.stats.active["unix"]), (1, 0))
+        (closed,) = self.logged(LogLevel.info)
+        self.assertIn("closed after", closed)
+        self.assertEqual([e["duration"] for e in self.events if "duration" in e], [2.5])
         self.assertEqual(self.logged(LogLevel.debug), [])
 
     def test_empty_client_is_a_client(self):

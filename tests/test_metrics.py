@@ -95,3 +95,34 @@ class PageTests(SynchronousTestCase):
     def test_other_paths_404(self):
         request, body = self.get(b"/metrics/anything")
         self.assertEqual(request.responseCode, 404)
+
+
+class ReadyPageTests(SynchronousTestCase):
+    """/ready: 200 while the daemon says it serves, 503 otherwise, 404 below it and without a check."""
+
+    def get(self, path: bytes, ready=None):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from netecho.metrics import metrics_site
+
+        site = metrics_site(Stats(), ready=ready)
+        parts = [p for p in path.split(b"/") if p]
+        request = DummyRequest(parts[1:])
+        page = site.resource.getChildWithDefault(parts[0], request)
+        return request, page.render(request)
+
+    def test_follows_the_check(self):
+        state = {"ready": False}
+        request, body = self.get(b"/ready", ready=lambda: state["ready"])
+        self.assertEqual((request.responseCode, body), (503, b"not ready\n"))
+        state["ready"] = True
+        request, body = self.get(b"/ready", ready=lambda: state["ready"])
+        self.assertIn(request.responseCode, (None, 200))
+        self.assertEqual(body, b"ready\n")
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    def test_elsewhere_404(self):
+        request, _ = self.get(b"/ready/more", ready=lambda: True)
+        self.assertEqual(request.responseCode, 404)
+        request, _ = self.get(b"/ready")  # no check given: no such page
+        self.assertEqual(request.responseCode, 404)

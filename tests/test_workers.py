@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 
 from twisted.internet import error, task
 from twisted.logger import LogLevel, LogPublisher, Logger, formatEvent
@@ -202,20 +203,27 @@ def listening(family=socket.AF_INET, host="127.0.0.1", v6only=None) -> socket.so
     return sock
 
 
-def accepted(sockets) -> list[int]:
-    """Accept what is queued on each of C{sockets}; how many each had."""
-    counts = []
+def accepted(sockets, expected: int, timeout: float = 10) -> list[int]:
+    """
+    Accept from each of C{sockets} until C{expected} connections in all (a
+    handshake's last ACK may land after connect() returned, on a loaded
+    machine) or C{timeout}; how many each had.
+    """
+    counts = [0] * len(sockets)
     for sock in sockets:
         sock.setblocking(False)
-        n = 0
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except BlockingIOError:
-                break
-            conn.close()
-            n += 1
-        counts.append(n)
+    deadline = time.monotonic() + timeout
+    while sum(counts) < expected and time.monotonic() < deadline:
+        for i, sock in enumerate(sockets):
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                counts[i] += 1
+        if sum(counts) < expected:
+            time.sleep(0.01)
     return counts
 
 
@@ -236,7 +244,7 @@ class ReuseportTests(SynchronousTestCase):
         self.assertEqual(second.getsockname(), first.getsockname())
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
         self.addCleanup(lambda: [c.close() for c in clients])
-        counts = accepted([first, second])
+        counts = accepted([first, second], 200)
         self.assertEqual(sum(counts), 200)
         for n in counts:
             self.assertTrue(75 <= n <= 125, counts)
@@ -271,7 +279,7 @@ class ReuseportTests(SynchronousTestCase):
         port = first.getsockname()[1]
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
         self.addCleanup(lambda: [c.close() for c in clients])
-        self.assertEqual(sum(accepted([first, second])), 20)
+        self.assertEqual(sum(accepted([first, second], 20)), 20)
 
     def test_which_listeners(self):
         """TCP that the parent bound: a socket each; UDP, Unix and systemd's sockets: shared."""
@@ -280,12 +288,50 @@ class ReuseportTests(SynchronousTestCase):
         self.assertTrue(workers.own_socket_each(stream_listener("tcp", "tcp:0:interface=127.0.0.1"), tcp))
         self.assertTrue(workers.own_socket_each(stream_listener("random", "0"), tcp))
         self.assertFalse(workers.own_socket_each(stream_listener("tcp", "systemd:domain=INET:name=tcp"), tcp))
+        self.assertFalse(workers.own_socket_each(
+            stream_listener("tcp", "haproxy:systemd:domain=INET:name=tcp"), tcp))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             self.assertFalse(workers.own_socket_each(udp_listener("127.0.0.1:0"), udp))
         with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_UNIX) as unix:
             path = os.path.join(d, "s")
             unix.bind(path)
             self.assertFalse(workers.own_socket_each(unix_listener(path, 0o660), unix))
+
+
+class AdoptedDescriptionTests(SynchronousTestCase):
+    """What a worker listens with: systemd's names are the parent's, so a wrapped systemd: becomes tcp:/unix:."""
+
+    def test_wrapped_systemd(self):
+        self.assertEqual(workers.adopted_description("haproxy:systemd:domain=INET:name=tcp"), "haproxy:tcp:0")
+        self.assertEqual(workers.adopted_description("haproxy:systemd:domain=INET6:index=0"), "haproxy:tcp:0")
+        self.assertEqual(workers.adopted_description("haproxy:systemd:domain=UNIX:name=u"),
+                         "haproxy:unix:address=adopted")
+
+    def test_others_unchanged(self):
+        for description in ("tcp:0:interface=127.0.0.1", "haproxy:tcp:1234", "ssl:0:privateKey=k.pem",
+                            "systemd:domain=INET:name=tcp"):
+            self.assertEqual(workers.adopted_description(description), description)
+
+
+class BoundSocketTests(SynchronousTestCase):
+    """Which ports the parent may make a SO_REUSEPORT group from: those that bound their socket."""
+
+    def test_bound_and_adopted(self):
+        from twisted.internet import protocol, reactor
+
+        from netecho.transports import bound_socket
+
+        port = reactor.listenTCP(0, protocol.Factory(), backlog=77, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sock, backlog = bound_socket(port)
+        self.assertEqual((sock.fileno(), backlog), (port.fileno(), 77))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(5)
+            adopted = reactor.adoptStreamPort(s.fileno(), socket.AF_INET, protocol.Factory())
+            self.addCleanup(adopted.stopListening)
+        self.assertIsNone(bound_socket(adopted))
+        self.assertIsNone(bound_socket(object()))
 
 
 class WorkerLogTests(SynchronousTestCase):

@@ -357,6 +357,35 @@ class SocketActivationTests(TestCase):
         self.assertNotIn("a listening socket for each worker", log)
         self.assertIn(" tcp=10 ", self.assert_clean_stop(d))
 
+    def test_wrapped_systemd_socket_with_workers(self):
+        """
+        --workers 2 on systemd's socket wrapped in the PROXY protocol
+        (haproxy:systemd:...): the workers adopt the parent's socket (they
+        never see systemd's names), parse the header and log the client it
+        names; the parent makes no SO_REUSEPORT group on systemd's socket.
+        """
+        port = free_port()
+        d = self.daemon(["-l", f"127.0.0.1:{port}", "--fdname=tcp"],
+                        "--workers", "2", "--max-per-ip", "0",
+                        "--tcp", "haproxy:systemd:domain=INET:name=tcp")
+        for i in range(6):
+            header = b"PROXY TCP4 198.51.100.%d 192.0.2.1 4000%d 7\r\n" % (i + 1, i)
+            with connect_retry(socket.AF_INET, ("127.0.0.1", port), 10) as s:  # (the first starts it)
+                s.settimeout(10)
+                s.sendall(header + b"proxied %d\n" % i)
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = s.recv(100)
+                    if not chunk:
+                        break
+                    reply += chunk
+            self.assertEqual(reply, b"proxied %d\n" % i)
+            d.wait_for(f"echo tcp 198.51.100.{i + 1}:4000{i} closed after")
+        log = d.log_text()
+        self.assertNotIn("a listening socket for each worker", log)
+        self.assertNotIn("Traceback", log + d.stderr)
+        self.assertIn(" tcp=6 ", self.assert_clean_stop(d))
+
     def test_all_three_in_one_daemon(self):
         """
         TCP, Unix and UDP handed to one daemon, as the socket units do.
@@ -576,7 +605,8 @@ class HAProxyTests(HAProxyRig, TestCase):
     def start_pair(self) -> tuple[list[Daemon], int]:
         """Two daemons behind HAProxy; the front end's port."""
         label = "--tcp haproxy:tcp:0:interface=127.0.0.1"
-        daemons = [Daemon(self, *label.split(" ", 1)).start() for _ in range(2)]
+        # As deploy/haproxy.cfg says to run them (--max-per-ip would count HAProxy).
+        daemons = [Daemon(self, *label.split(" ", 1), "--max-per-ip", "0").start() for _ in range(2)]
         return daemons, self.start_front(self.config(free_port(), [d.port(label) for d in daemons]))
 
     def test_two_instances_see_the_real_client(self):
@@ -626,7 +656,7 @@ class HAProxyWorkersTests(HAProxyRig, TestCase):
         client's own address and port (they parse the PROXY header).
         """
         label = "--tcp haproxy:tcp:0:interface=127.0.0.1"
-        d = Daemon(self, "--workers", "2", *label.split(" ", 1)).start()
+        d = Daemon(self, "--workers", "2", *label.split(" ", 1), "--max-per-ip", "0").start()
         front = self.start_front(self.config(free_port(), [d.port(label)], "haproxy-workers.cfg"))
         clients = []
         for i in range(20):

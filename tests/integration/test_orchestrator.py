@@ -338,7 +338,8 @@ class KubernetesTests(SynchronousTestCase):
         self.assertEqual(endpoint["path"], "/metrics")
         live = self.container["livenessProbe"]["httpGet"]
         self.assertEqual((live["path"], live["port"]), ("/metrics", "metrics"))
-        self.assertIn(self.container["readinessProbe"]["tcpSocket"]["port"], ports)
+        ready = self.container["readinessProbe"]["httpGet"]
+        self.assertEqual((ready["path"], ready["port"]), ("/ready", "metrics"))
 
     def test_labels_select(self):
         """Deployment -> its pods, Service -> the pods, ServiceMonitor -> the Service."""

@@ -10,6 +10,7 @@ import signal
 import socket
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from twisted.trial.unittest import TestCase
@@ -159,6 +160,30 @@ class WorkersTests(TestCase):
         self.assertEqual(wait_gone(list(now.values())), [])
         with self.assertRaises(OSError):
             echo_tcp(tcp)
+
+    def test_ready_page_follows_the_workers(self):
+        """/ready: 200 once every worker serves, 503 while a killed one starts again, then 200."""
+        d = self.start("--tcp", "tcp:0:interface=127.0.0.1", "--metrics", "0")
+        url = f"http://127.0.0.1:{d.port('--metrics 0')}/ready"
+
+        def status() -> int:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    return reply.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        self.assertEqual(status(), 200)
+        first = worker_pids(d)
+        os.kill(first[2], signal.SIGKILL)
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (503 in seen and seen[-1] == 200):
+            seen.append(status())
+            time.sleep(0.02)
+        self.assertIn(503, seen, "/ready never said 'not ready' while worker 2 was restarting")
+        self.assertEqual(seen[-1], 200, seen[-20:])
+        self.assertIn("worker 2 serving (pid ", d.log_text())
 
     def test_workers_that_keep_dying_stop_the_daemon(self):
         d = self.start("--tcp", "tcp:0:interface=127.0.0.1", "--pb", "0")
