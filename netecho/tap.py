@@ -182,7 +182,7 @@ class Options(usage.Options):
         self["pb"].append(value)
 
     def opt_metrics(self, value: str) -> None:
-        """Prometheus exposition at /metrics on PORT (loopback only) or an ENDPOINT. It is not an echo listener: with --metrics alone, the defaults (--tcp 1234 --udp 1234 --pb 8787) are started too. Example: --metrics 9101"""
+        """Prometheus exposition at /metrics (and readiness at /ready: 200 or 503) on PORT (loopback only) or an ENDPOINT. It is not an echo listener: with --metrics alone, the defaults (--tcp 1234 --udp 1234 --pb 8787) are started too. Example: --metrics 9101"""
         self["metrics"].append(value)
 
     def opt_workers(self, value: str) -> None:
