@@ -49,6 +49,21 @@ def echo_tcp(port: int, data: bytes = b"hello\n") -> bytes:
         return s.recv(65536)
 
 
+def connections_per_worker(daemon: Daemon, total: int) -> list[float]:
+    """
+    netecho_worker_connections_total of each worker, from the daemon's
+    --metrics 0 page, once the workers' reports add up to C{total}.
+    """
+    url = f"http://127.0.0.1:{daemon.port('--metrics 0')}/metrics"
+
+    def per_worker():
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+        counts = [float(v) for v in re.findall(r'netecho_worker_connections_total\{worker="\d"\} (\S+)', page)]
+        return counts if sum(counts) == total else None
+
+    return wait_until(per_worker, 10, "every connection in the workers' reports")
+
+
 def worker_pids(daemon: Daemon) -> dict[int, int]:
     """The latest pid of each worker that said it serves."""
     pids = {}
@@ -249,14 +264,7 @@ class WorkersTests(TestCase):
                 chunk = c.recv(4096)
                 self.assertTrue(chunk, "connection closed before its echo")
                 got += chunk
-        url = f"http://127.0.0.1:{d.port('--metrics 0')}/metrics"
-
-        def per_worker():
-            page = urllib.request.urlopen(url, timeout=5).read().decode()
-            counts = [float(v) for v in re.findall(r'netecho_worker_connections_total\{worker="\d"\} (\S+)', page)]
-            return counts if sum(counts) == 200 else None
-
-        counts = wait_until(per_worker, 10, "every connection in the workers' reports")
+        counts = connections_per_worker(d, 200)
         self.assertEqual(len(counts), 2)
         for n in counts:
             self.assertTrue(75 <= n <= 125, counts)
@@ -315,12 +323,5 @@ class WorkersTests(TestCase):
             data = os.urandom(1000 + i)
             self.assertEqual(tls_echo(port, data), data)
         self.assertIn(f"--tcp {label}: a listening socket for each worker", d.log_text())
-        url = f"http://127.0.0.1:{d.port('--metrics 0')}/metrics"
-
-        def per_worker():
-            page = urllib.request.urlopen(url, timeout=5).read().decode()
-            counts = [float(v) for v in re.findall(r'netecho_worker_connections_total\{worker="\d"\} (\S+)', page)]
-            return counts if sum(counts) == 30 else None
-
-        counts = wait_until(per_worker, 10, "every connection in the workers' reports")
+        counts = connections_per_worker(d, 30)
         self.assertTrue(all(n > 0 for n in counts), counts)  # 30 connections: both, but for 1 in 500 million
