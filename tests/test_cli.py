@@ -136,3 +136,39 @@ class LineConnectionTests(SynchronousTestCase):
         self.conn.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(self.successResultOf(d), b"tail")
         self.failureResultOf(self.conn.read_line(), error.ConnectionDone)
+
+
+class BrokenPipeTests(SynchronousTestCase):
+    """
+    A reactor subcommand whose stdout nobody reads any more (``| head -1``)
+    ends quietly with status 141 (128 + SIGPIPE), as netecho.cli.runner
+    documents, whichever subcommand it is.
+    """
+
+    def run_into_closed_pipe(self, *argv: str):
+        import os
+        import subprocess
+        import tempfile
+
+        read, write = os.pipe()
+        os.close(read)  # nobody will read
+        try:
+            return subprocess.run([sys.executable, "-m", "netecho", *argv], stdout=write, stderr=subprocess.PIPE,
+                                  timeout=30, cwd=tempfile.gettempdir())
+        finally:
+            os.close(write)
+
+    def test_ping_exits_141_without_traceback(self):
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        # (netecho lookup's own cases: tests/integration/test_lookup_dns.py, EndingTests.)
+        out = self.run_into_closed_pipe("ping", "udp", f"127.0.0.1:{port}", "-c", "2", "-i", "0.05", "-W", "0.2")
+        self.assertEqual((out.returncode, out.stderr), (141, b""))
+
+    def test_commands_without_the_reactor_too(self):
+        """netecho completion (and bench, the setup commands) end the same way, outside the runner."""
+        out = self.run_into_closed_pipe("completion", "bash")
+        self.assertEqual((out.returncode, out.stderr), (141, b""))

@@ -74,3 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # (the reactor's subcommands report theirs in netecho.cli.runner)
         print(str(e), file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:  # stdout's reader went away (| head): quietly, as the runner does
+        from netecho.cli.runner import EXIT_BROKEN_PIPE, silence_stdout
+
+        silence_stdout()
+        return EXIT_BROKEN_PIPE

@@ -91,18 +91,13 @@ def tls_settings(args: argparse.Namespace, err: IO[str]):
     """With C{--tls}: a callable giving the TLS settings for a server's IP (warns once if insecure)."""
     if not args.tls:
         return None
-    from netecho.cli.tls import INSECURE_WARNING, ClientTLS, hide_identity_tracebacks
+    from netecho.cli.tls import ClientTLS
 
-    if args.insecure:
-        err.write(INSECURE_WARNING)
-        err.flush()
-    else:
-        hide_identity_tracebacks()
     made: dict[str, ClientTLS] = {}
 
     def settings(host: str) -> ClientTLS:
         if host not in made:
-            made[host] = ClientTLS(host, ca=args.ca, insecure=args.insecure, sni=args.tls_name)
+            made[host] = ClientTLS.from_args(args, host, warn=err, sni_option="--tls-name", warned=bool(made))
         return made[host]
 
     return settings
@@ -136,7 +131,17 @@ def print_stats(result: api.Result, err: IO[str]) -> None:
 async def one(reactor, args: argparse.Namespace, out: IO[str], err: IO[str] | None = None) -> int:
     """Look up C{args.name}; print its answers (or its JSON object) on C{out}, C{--stats} on C{err}."""
     err = sys.stderr if err is None else err
-    result = await api.query(reactor, args.name, _rrtype(args.kind), **_options(args, err))
+    try:
+        result = await api.query(reactor, args.name, _rrtype(args.kind), **_options(args, err))
+    except api.NegativeAnswer as e:
+        # The server's "nothing" is an answer too: shown (rcode, authority),
+        # then the error line and its status.
+        if args.json:
+            out.write(json.dumps(e.result.as_json(), ensure_ascii=False) + "\n")
+            out.flush()
+        if args.stats:
+            print_stats(e.result, err)
+        raise
     if args.json:
         out.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
     else:
@@ -245,15 +250,18 @@ def count_names(path: str) -> int | None:
 def bulk_line(name: str, outcome, as_json: bool, rrtype: str) -> str:
     """
     One name's result line: C{NAME ANSWER ANSWER...} or C{NAME error:
-    MESSAGE}; with C{--json} its object, or C{{"query", "type", "error"}}.
+    MESSAGE}; with C{--json} its object, with C{"error"} added for a
+    negative answer, or C{{"query", "type", "error"}} when none came.
     """
     if isinstance(outcome, api.Result):
         if as_json:
             return json.dumps(outcome.as_json(), ensure_ascii=False)
         return " ".join([name, *outcome.lines()])
     if as_json:
-        shown = {api.HOST: "A,AAAA", api.IP: "PTR"}.get(rrtype, rrtype)
-        return json.dumps({"query": name, "type": shown, "error": str(outcome)}, ensure_ascii=False)
+        if isinstance(outcome, api.NegativeAnswer):  # the reply (rcode, authority) and the error
+            return json.dumps({**outcome.result.as_json(), "error": str(outcome)}, ensure_ascii=False)
+        return json.dumps({"query": name, "type": api.type_label(rrtype), "error": str(outcome)},
+                          ensure_ascii=False)
     return f"{name} error: {outcome}"
 
 
@@ -315,15 +323,19 @@ async def many(reactor, args: argparse.Namespace, names: Iterable[str], out: IO[
             if index == state["printed"]:
                 flush()
 
+    workers = [defer.ensureDeferred(worker()) for _ in range(args.concurrency)]
     try:
-        await defer.gatherResults(
-            [defer.ensureDeferred(worker()) for _ in range(args.concurrency)], consumeErrors=True
-        ).addErrback(lambda f: f.value.subFailure)
+        await defer.gatherResults(workers, consumeErrors=True).addErrback(lambda f: f.value.subFailure)
     finally:
-        if ticker is not None:
-            ticker.stop()
-        progress.close()
-        await upstreams.close()
+        # After a failure (stdout closed) or Ctrl-C: no worker goes on.
+        for w in workers:
+            w.cancel()
+        try:
+            if ticker is not None and ticker.running:
+                ticker.stop()
+            progress.close()
+        finally:
+            await upstreams.close()
     count, failed = state["started"], state["failed"]
     if args.stats:
         elapsed = max(reactor.seconds() - start, 1e-9)
@@ -355,6 +367,9 @@ def run(args: argparse.Namespace) -> int:
     problem = usage_problem(args)
     if problem:
         args.lookup_parser.error(problem)
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # A name that is not UTF-8 (read with surrogateescape) must not end the run.
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.file is None:
         return run_on_reactor(lambda reactor: one(reactor, args, sys.stdout, sys.stderr))
     total = None
@@ -367,8 +382,7 @@ def run(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 total = count_names(args.file)
     except OSError as e:
-        print(f"open {args.file}: {(e.strerror or str(e)).lower()}", file=sys.stderr)
-        return 100
+        raise UserError(f"open {args.file}: {(e.strerror or str(e)).lower()}") from None
     with source:
         return run_on_reactor(lambda reactor: many(reactor, args, read_names(source), sys.stdout, sys.stderr, total))
 

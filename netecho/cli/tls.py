@@ -99,14 +99,15 @@ class ClientTLS:
     """
 
     def __init__(self, host: str, ca: str | None = None, insecure: bool = False,
-                 sni: str | None = None, cert: str | None = None, key: str | None = None) -> None:
+                 sni: str | None = None, cert: str | None = None, key: str | None = None,
+                 sni_option: str = "--sni") -> None:
         self.server_name = sni or host
         if not is_ip(self.server_name):
             try:
                 self.server_name.encode("idna")
             except UnicodeError:
                 raise UserError(f"tls: {self.server_name!r} is not a valid host name to verify "
-                                "(--sni NAME, or the host given)") from None
+                                f"({sni_option} NAME, or the host given)") from None
         self.ca = ca
         self.insecure = insecure
         client = None
@@ -137,14 +138,23 @@ class ClientTLS:
             raise UserError(f"tls: {self.server_name!r} is not a valid host name to verify: {e}") from None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, host: str, warn=None) -> "ClientTLS":
-        """Settings from the parsed options; warns on C{warn} (stderr) when insecure."""
+    def from_args(cls, args: argparse.Namespace, host: str, warn=None, sni_option: str = "--sni",
+                  warned: bool = False) -> "ClientTLS":
+        """
+        Settings from the parsed options; warns on C{warn} (stderr) when
+        insecure, unless C{warned} already. C{sni_option}: the command's
+        option for the name to verify (C{--sni}; C{--tls-name} for lookup);
+        C{--cert}/C{--key} where the command has them.
+        """
         if args.insecure:
-            (warn or sys.stderr).write(INSECURE_WARNING)
-            (warn or sys.stderr).flush()
+            if not warned:
+                (warn or sys.stderr).write(INSECURE_WARNING)
+                (warn or sys.stderr).flush()
         else:
             hide_identity_tracebacks()
-        return cls(host, ca=args.ca, insecure=args.insecure, sni=args.sni, cert=args.cert, key=args.key)
+        sni = getattr(args, sni_option.lstrip("-").replace("-", "_"))
+        return cls(host, ca=args.ca, insecure=args.insecure, sni=sni, cert=getattr(args, "cert", None),
+                   key=getattr(args, "key", None), sni_option=sni_option)
 
     def wrap(self, endpoint):
         """C{endpoint} (a TCP client endpoint) with TLS on top."""

@@ -33,7 +33,7 @@ from netecho.dns.wire import (
 from netecho.errors import UserError
 
 __all__ = [
-    "Answer", "Result", "Upstreams", "QuerySettings", "query", "lookup", "system_servers",
+    "Answer", "Result", "NegativeAnswer", "Upstreams", "QuerySettings", "query", "lookup", "system_servers",
     "hosts_addresses", "hosts_names", "HOST", "IP", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BUFSIZE",
 ]
 
@@ -119,6 +119,19 @@ class Result:
         return [a.data for a in self.answers]
 
 
+class NegativeAnswer(UserError):
+    """
+    A lookup whose server answered that there is nothing (NXDOMAIN, or no
+    record of that type): the one line to show, and C{result}, the
+    L{Result} with no answers (its rcode, authority section with the SOA,
+    the replies) for C{--json} and C{--stats}.
+    """
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 # --- what an answer means ---------------------------------------------------
 
 
@@ -129,9 +142,10 @@ def _key(labels: Sequence[bytes]) -> tuple[bytes, ...]:
 def _chain(reply: dns.Message, labels: Sequence[bytes], qtype: int, dnssec: bool) -> list[dns.RRHeader]:
     """
     The answer records that belong to the question: those of the name
-    asked and of the CNAMEs it leads to, in the order the server gave
-    them (with their RRSIGs when C{dnssec}). Records of other names are
-    not what was asked, so they are dropped.
+    asked and of the CNAMEs it leads to, and the DNAMEs of their ancestors
+    that made those CNAMEs (as dig +short shows them), in the order the
+    server gave them (with their RRSIGs when C{dnssec}). Records of other
+    names are not what was asked, so they are dropped.
     """
     owners = {_key(labels)}
     if qtype not in (dns.CNAME, dns.ALL_RECORDS):
@@ -145,8 +159,17 @@ def _chain(reply: dns.Message, labels: Sequence[bytes], qtype: int, dnssec: bool
             owners = grown
     wanted = {qtype, dns.CNAME}
 
+    def under_dname(owner: tuple[bytes, ...]) -> bool:
+        # A DNAME of an ancestor of a name of the chain made its CNAME (RFC 6672): dig shows it first.
+        return any(len(name) > len(owner) and name[-len(owner):] == owner for name in owners)
+
     def belongs(rr: dns.RRHeader) -> bool:
-        if rr.cls != dns.IN or _key(labels_of(rr.name)) not in owners:
+        if rr.cls != dns.IN:
+            return False
+        key = _key(labels_of(rr.name))
+        if rr.type == dns.DNAME and under_dname(key):
+            return True
+        if key not in owners:
             return False
         if qtype == dns.ALL_RECORDS or rr.type in wanted:
             return True
@@ -250,6 +273,12 @@ def parse_type(rrtype: str) -> str | int:
     return code
 
 
+def type_label(rrtype: str) -> str:
+    """How a L{Result} names the type asked (C{A,AAAA} for L{HOST}, C{PTR} for L{IP}, C{SOA} for C{TYPE6})."""
+    kind = parse_type(rrtype)
+    return {HOST: "A,AAAA", IP: "PTR"}.get(kind) or type_name(kind)
+
+
 async def query(
     reactor,
     name: str,
@@ -278,8 +307,11 @@ async def query(
     keeps the RRSIGs of the answers. C{tls}: TLS settings by server IP
     (see L{QuerySettings}); every query then goes over TLS.
 
-    @raise UserError: with the line to show, e.g. C{lookup NAME: no such
-        host}, C{lookup NAME: no MX record}, C{Not a valid IP address!}.
+    @raise NegativeAnswer: (a L{UserError}) the server answered with no
+        record, C{lookup NAME: no such host}, C{lookup NAME: no MX record};
+        its C{result} has the reply's rcode and authority section.
+    @raise UserError: with the line to show, e.g. C{Not a valid IP address!},
+        C{... timed out ...}.
     """
     kind = parse_type(rrtype)
     if dnssec and edns is None:
@@ -288,15 +320,11 @@ async def query(
     use_hosts = servers is None
     if servers is None:
         servers = system_servers(resolv_conf)
+    shown = type_label(rrtype)
     if kind == IP:
         if not is_ip(name):
             raise UserError("Not a valid IP address!")
         kind = dns.PTR
-        shown = "PTR"
-    elif kind == HOST:
-        shown = "A,AAAA"
-    else:
-        shown = type_name(kind)
 
     if kind == dns.PTR and is_ip(name):
         if use_hosts:
@@ -319,10 +347,10 @@ async def query(
         return await _host(reactor, name, labels, shown, servers, settings, upstreams)
     found = await exchange(reactor, name, labels, kind, servers, settings, upstreams)
     if found.reply.rCode == dns.ENAME:
-        raise UserError(f"lookup {name}: no such host")
+        raise NegativeAnswer(f"lookup {name}: no such host", _result(name, shown, found, [], [found]))
     records = _chain(found.reply, labels, kind, dnssec)
     if not records:
-        raise UserError(f"lookup {name}: no {shown} record")
+        raise NegativeAnswer(f"lookup {name}: no {shown} record", _result(name, shown, found, [], [found]))
     return _result(name, shown, found, [_answer(rr) for rr in records], [found])
 
 
@@ -361,9 +389,10 @@ async def _host(reactor, name: str, labels: Sequence[bytes], shown: str, servers
             value.raiseException()
     (v4, found4, exists4), (v6, found6, exists6) = (value for _, value in outcomes)
     if not v4 and not v6:
+        negative = _result(name, shown, found4, [], exchanges)
         if not exists4 and not exists6:
-            raise UserError(f"lookup {name}: no such host")
-        raise UserError(f"lookup {name}: no A or AAAA record")
+            raise NegativeAnswer(f"lookup {name}: no such host", negative)
+        raise NegativeAnswer(f"lookup {name}: no A or AAAA record", negative)
     return _result(name, shown, found4 if v4 else found6, v4 + v6, exchanges)
 
 

@@ -3,9 +3,10 @@ Domain names between text and the wire, both ways, with dig's rules.
 
 In: a name as a user types it (C{weird\\.dot.example}, C{a\\032b.example},
 C{bücher.example}) becomes its labels: C{\\.} and C{\\X} are the character
-itself, C{\\DDD} the byte of that decimal value, an unescaped dot ends a
-label; internationalised labels are IDNA-encoded (IDNA 2003, Python's
-codec); lengths are checked before anything is sent.
+itself, C{\\DDD} the byte of that decimal value, an unescaped dot (or
+IDNA's U+3002, U+FF0E, U+FF61) ends a label; internationalised labels are
+IDNA-encoded (IDNA 2003, Python's codec; a dot escaped into one is
+refused); lengths are checked before anything is sent.
 
 Out: labels as dig prints them (C{host\\.master.example.}, C{\\000}).
 
@@ -22,6 +23,10 @@ from typing import Sequence
 from twisted.names import dns
 
 from netecho.errors import UserError
+
+#: What ends a label when not escaped: the dot, and IDNA 2003's other full
+#: stops (RFC 3490 3.1: ideographic, fullwidth and halfwidth ideographic).
+_FULL_STOPS = (".", "\u3002", "\uff0e", "\uff61")
 
 # Characters BIND escapes with a backslash in names (dns_name_totext).
 _NAME_SPECIALS = frozenset(b'".;\\()@$')
@@ -62,7 +67,8 @@ def parse_name(name: str) -> tuple[bytes, ...]:
         if not current:
             raise UserError(f"lookup {name}: empty label")
         if unicode_label:
-            if escaped_high:
+            if escaped_high or any(stop.encode("utf-8") in piece for piece in current for stop in _FULL_STOPS):
+                # (Python's IDNA codec would split the label at an escaped dot.)
                 raise UserError(f"lookup {name}: not a valid internationalised name")
             try:
                 raw = b"".join(current).decode("utf-8").encode("idna")
@@ -96,7 +102,7 @@ def parse_name(name: str) -> tuple[bytes, ...]:
             current.append(rest[0].encode("utf-8"))
             i += 2
             continue
-        if char == ".":
+        if char in _FULL_STOPS:
             finish()
             end_dot = True
         else:
@@ -118,8 +124,19 @@ def encode_name(name: str) -> bytes:
 
 
 def reverse_name(address: str) -> tuple[bytes, ...]:
-    """The labels of C{1.2.0.192.in-addr.arpa} for C{192.0.2.1} (and ip6.arpa for IPv6)."""
-    return tuple(ipaddress.ip_address(address).reverse_pointer.encode("ascii").split(b"."))
+    """
+    The labels of C{1.2.0.192.in-addr.arpa} for C{192.0.2.1} (and ip6.arpa for IPv6).
+
+    @raise UserError: a scoped address (C{fe80::1%eth0}): the zone index
+        belongs to this host, no reverse name has it.
+    """
+    if "%" in address:
+        raise UserError(f"lookup {address}: a scoped address has no reverse name "
+                        f"(without %{address.partition('%')[2]}: {address.partition('%')[0]})")
+    try:
+        return tuple(ipaddress.ip_address(address).reverse_pointer.encode("ascii").split(b"."))
+    except ValueError:
+        raise UserError("Not a valid IP address!") from None
 
 
 class WireName(dns.Name):

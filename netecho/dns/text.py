@@ -176,8 +176,39 @@ def _type_bitmap(data: bytes) -> str:
     return " ".join(names)
 
 
-# Formats from the record's wire data, for types twisted.names keeps raw.
+def _wks(data: bytes) -> str:
+    """WKS (RFC 1035 3.4.2) as dig prints it: address, protocol number, the ports of the bitmap."""
+    if len(data) < 5:
+        raise ValueError("short WKS")
+    ports = [str(i * 8 + bit) for i, byte in enumerate(data[5:]) for bit in range(8) if byte & (0x80 >> bit)]
+    return " ".join([socket.inet_ntop(socket.AF_INET, data[:4]), str(data[4]), *ports])
+
+
+def _a6(data: bytes) -> str:
+    """A6 (RFC 2874) as dig prints it: prefix length, address suffix (unless 128), prefix name (unless 0)."""
+    prefix_len = data[0]
+    if prefix_len > 128:
+        raise ValueError("A6 prefix length over 128")
+    size = (128 - prefix_len + 7) // 8
+    suffix = data[1 : 1 + size]
+    if len(suffix) != size:
+        raise ValueError("short A6")
+    words = [str(prefix_len)]
+    if prefix_len < 128:
+        words.append(socket.inet_ntop(socket.AF_INET6, bytes(16 - size) + suffix))
+    if prefix_len > 0:
+        labels, end = wire_labels(data, 1 + size)
+        if end != len(data):
+            raise ValueError("A6 data after the prefix name")
+        words.append(format_labels(labels))
+    return " ".join(words)
+
+
+# Formats from the record's wire data, for types twisted.names keeps raw
+# (and WKS and A6, whose decoded form loses nothing but is easier read raw).
 _RAW: dict[int, Callable[[bytes], str]] = {
+    dns.WKS: _wks,
+    TYPES["A6"]: _a6,
     TYPES["DS"]: lambda d: "{} {} {} {}".format(*struct.unpack("!HBB", d[:4]), _hex(d[4:])),
     TYPES["CDS"]: lambda d: "{} {} {} {}".format(*struct.unpack("!HBB", d[:4]), _hex(d[4:])),
     TYPES["DNSKEY"]: lambda d: "{} {} {} {}".format(*struct.unpack("!HBB", d[:4]), _b64(d[4:])),

@@ -11,7 +11,8 @@ ID, QR bit and question match what was asked; anything else is ignored and
 the wait goes on, as dnspython does; so is a reply whose records do not fit
 the message. A truncated UDP reply is asked again over TCP of the same
 server. EDNS0 (RFC 6891) is sent unless turned off, and a server that
-answers it with FORMERR is asked again without it, once, as dig does.
+answers it with a FORMERR without an OPT record (it did not understand
+EDNS) is asked again without it, once (dig 9.18 only suggests +noedns).
 
 UDP queries share a small pool of sockets per server (L{Upstreams}); each
 query takes a random one of them and a random ID.
@@ -27,8 +28,10 @@ from io import BytesIO
 from typing import Callable, Sequence
 
 from twisted.internet import defer, endpoints, error, protocol
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.names import dns
 from twisted.protocols import basic
+from zope.interface import implementer
 
 from netecho.address import join_host_port
 from netecho.dns.names import WireName, same_name, wire_labels
@@ -40,6 +43,7 @@ DEFAULT_RETRIES = 2
 #: EDNS0 UDP payload size asked for by default (DNS flag day 2020).
 DEFAULT_BUFSIZE = 1232
 OPT = 41
+_A6 = 38
 _DO = 0x8000
 
 _random = random.SystemRandom()
@@ -192,6 +196,10 @@ class ReplyMessage(dns.Message):
     _lazy: dict | None = None
 
     def lookupRecordType(self, type: int):
+        if type == _A6:
+            # twisted.names reads floor((128 - prefix length) / 8) suffix bytes
+            # where RFC 2874 has the ceiling: kept raw, formatted from its bytes.
+            return dns.UnknownRecord
         return _LABELLED.get(type) or super().lookupRecordType(type)
 
     def _section(name: str):  # noqa: N805 (a property factory used in the class body)
@@ -321,7 +329,7 @@ def is_reply_to(reply: dns.Message, sent: dns.Message) -> bool:
     if reply.id != sent.id or not reply.answer or reply.opCode != sent.opCode:
         return False
     if not reply.queries:
-        return reply.rCode not in (dns.OK, dns.ENAME)
+        return rcode_of(reply) not in (dns.OK, dns.ENAME)
     if len(reply.queries) != len(sent.queries):
         return False
     for got, asked in zip(reply.queries, sent.queries):
@@ -418,12 +426,17 @@ class Upstreams:
         self._sockets: dict[tuple[str, int], list[_SharedUDP]] = {}
 
     async def close(self) -> None:
-        """Close every socket (those of queries still in flight too: they fail)."""
+        """
+        Close every socket. A query still in flight on one is not failed at
+        once: it gets no reply and ends at its timeout. A socket already
+        closed (the reactor stopped) is skipped.
+        """
         for pool in list(self._sockets.values()):
             for shared in list(pool):
                 self._forget(shared)
                 shared.closing = True
-                await defer.maybeDeferred(shared.port.stopListening)
+                if getattr(shared.port, "connected", False):
+                    await defer.maybeDeferred(shared.port.stopListening)
 
     def _forget(self, shared: _SharedUDP) -> None:
         pool = self._sockets.get(shared.server)
@@ -482,20 +495,44 @@ class Upstreams:
             if not shared.users and not shared.closing and not self.keep:
                 self._forget(shared)
                 shared.closing = True
-                # Wait for the close, so nothing is left on the reactor.
-                await defer.maybeDeferred(shared.port.stopListening)
+                if getattr(shared.port, "connected", False):
+                    # Wait for the close, so nothing is left on the reactor.
+                    await defer.maybeDeferred(shared.port.stopListening)
 
 
+@implementer(IHandshakeListener)
 class _StreamExchange(basic.Int16StringReceiver):
-    """One query over TCP or TLS (RFC 1035 4.2.2 length prefix)."""
+    """
+    One query over TCP or TLS (RFC 1035 4.2.2 length prefix). Over TLS
+    (C{settings} given) the query is sent only once the handshake is done
+    and C{settings.check} accepts the server's identity: Twisted lets a
+    certificate without a usable subjectAltName through (it only logs it),
+    and the name asked must not reach a server that is not the one meant.
+    """
 
-    def __init__(self, sent: dns.Message) -> None:
+    def __init__(self, sent: dns.Message, settings=None) -> None:
         self.sent = sent
+        self.settings = settings
         self.reply: defer.Deferred = defer.Deferred()
         self.lost: defer.Deferred = defer.Deferred()
         self.reason = None
+        #: Why the server was refused after the handshake (C{tls: ...}), or None.
+        self.problem: str | None = None
+        self.handshake_done = False
 
     def connectionMade(self) -> None:
+        if self.settings is None:
+            self.sendString(self.sent.toStr())
+
+    def handshakeCompleted(self) -> None:
+        if self.settings is None:
+            return
+        self.handshake_done = True
+        problem = self.settings.check(self.transport.getHandle())
+        if problem:
+            self.problem = f"tls: {problem}"
+            self.transport.abortConnection()
+            return
         self.sendString(self.sent.toStr())
 
     def stringReceived(self, data: bytes) -> None:
@@ -506,7 +543,7 @@ class _StreamExchange(basic.Int16StringReceiver):
     def connectionLost(self, reason=None) -> None:
         self.reason = reason
         if not self.reply.called:
-            self.reply.errback(_Failed("connection closed by the server"))
+            self.reply.errback(_Failed(self.problem or "connection closed by the server"))
         self.lost.callback(None)
 
 
@@ -517,8 +554,8 @@ def _tls_problem(settings, exchange: _StreamExchange, server: tuple[str, int]) -
     connection = transport.getHandle() if transport is not None else None
     if reason is None or connection is None:
         return None
-    if isinstance(reason, error.ConnectionDone) and connection.get_finished() is not None:
-        return None  # closed after the handshake: no TLS problem
+    if exchange.handshake_done:
+        return None  # closed after the handshake (cleanly or not): no TLS problem
 
     # The TLS settings word it as every netecho TLS client does: "tls HOST:PORT: REASON".
     words = str(settings.failure(join_host_port(*server), reason, connection))
@@ -536,7 +573,7 @@ async def _ask_stream(reactor, server: tuple[str, int], sent: dns.Message, timeo
         settings = tls(host)
         endpoint = settings.wrap(endpoint)
         name = "tls"
-    exchange = _StreamExchange(sent)
+    exchange = _StreamExchange(sent, settings)
     start = reactor.seconds()
     try:
         await endpoints.connectProtocol(endpoint, exchange)
@@ -553,7 +590,7 @@ async def _ask_stream(reactor, server: tuple[str, int], sent: dns.Message, timeo
     except defer.TimeoutError:
         raise _NoReply() from None
     except _Failed:
-        if tls is not None:
+        if tls is not None and exchange.problem is None:
             problem = _tls_problem(settings, exchange, server)
             if problem:
                 raise _Failed(problem) from None
@@ -562,10 +599,6 @@ async def _ask_stream(reactor, server: tuple[str, int], sent: dns.Message, timeo
         # Wait for the close, so nothing is left on the reactor.
         exchange.transport.abortConnection()
         await exchange.lost
-    if tls is not None:
-        problem = settings.check(exchange.transport.getHandle())
-        if problem:
-            raise _Failed(f"tls: {problem}")
     return reply
 
 
@@ -625,8 +658,10 @@ async def exchange(
                     running.remove(server)
                     reply = None
                     break
-                if reply.rCode == dns.EFORMAT and edns is not None and not fallback:
-                    # An EDNS-intolerant server: ask it again without EDNS, as dig does.
+                if rcode_of(reply) == dns.EFORMAT and _opt(reply) is None and edns is not None and not fallback:
+                    # An EDNS-intolerant server (its FORMERR carries no OPT record: it
+                    # did not understand ours): ask it again without EDNS, once.
+                    # (dig 9.18 does not retry: it suggests +noedns.)
                     fallback = True
                     edns = None
                     sent = build_query(labels, qtype, None)

@@ -347,6 +347,42 @@ class CommandTests(TestCase):
         )
 
 
+def thread_server(testcase: TestCase, replies) -> int:
+    """
+    A UDP server on 127.0.0.1 in a thread (for tests that block on a
+    subprocess) answering each query with C{replies(query)}, a list of
+    datagrams (none: a silent server that still reads); its port.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+    testcase.received = 0
+
+    def run():
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            testcase.received += 1
+            query = dns.Message()
+            query.fromStr(data)
+            for datagram in replies(query):
+                sock.sendto(datagram, addr)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+    testcase.addCleanup(close)
+    return sock.getsockname()[1]
+
+
 class MalformedReplyTests(TestCase):
     """
     Issue 13, item 15: the real command, asking a server on 127.0.0.1 that
@@ -355,33 +391,7 @@ class MalformedReplyTests(TestCase):
     """
 
     def serve(self, replies) -> int:
-        """A UDP server in a thread answering each query with C{replies(query)}; its port."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(0.1)
-        stop = threading.Event()
-
-        def run():
-            while not stop.is_set():
-                try:
-                    data, addr = sock.recvfrom(2048)
-                except socket.timeout:
-                    continue
-                query = dns.Message()
-                query.fromStr(data)
-                for datagram in replies(query):
-                    sock.sendto(datagram, addr)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-
-        def close():
-            stop.set()
-            thread.join(5)
-            sock.close()
-
-        self.addCleanup(close)
-        return sock.getsockname()[1]
+        return thread_server(self, replies)
 
     def test_overrunning_record_ignored_for_the_genuine_reply(self):
         port = self.serve(lambda q: [overrun(reply_to(q, a_records(q, "1.2.3.4"))),
@@ -397,3 +407,111 @@ class MalformedReplyTests(TestCase):
             (out.returncode, out.stdout, out.stderr),
             (100, "", f"lookup www.example on 127.0.0.1:{port}: timed out (1 try of 0.5s)\n"),
         )
+
+
+class EndingTests(TestCase):
+    """
+    Review of issue 18, items 3, 4 and 5: the real command whose stdout's
+    reader goes away, which Ctrl-C stops in the middle of a --file run, and
+    which meets a name it cannot ask among others: no traceback, a defined
+    exit status.
+    """
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "netecho", "lookup", *args]
+
+    def names_file(self, names) -> str:
+        fd, path = tempfile.mkstemp(suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(names) + "\n")
+        self.addCleanup(os.remove, path)
+        return path
+
+    def assert_quiet(self, stderr: str) -> None:
+        for word in ("Traceback", "Exception ignored", "Error"):
+            self.assertNotIn(word, stderr)
+
+    def test_bulk_into_a_pipe_closed_early(self):
+        # 20 addresses an answer: ~300 bytes a line, 1000 lines, far more than a pipe holds.
+        port = thread_server(self, lambda q: [reply_to(q, a_records(q, *(f"192.0.2.{i}" for i in range(20))))])
+        path = self.names_file(f"h{i}.example" for i in range(1000))
+        proc = subprocess.Popen(self.command("a", "--file", path, "--server", f"127.0.0.1:{port}",
+                                             "--timeout", "5"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+        try:
+            first = proc.stdout.readline()
+            proc.stdout.close()  # as `| head -1` does
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertTrue(first.startswith(b"h0.example 192.0.2.0 "), first)
+        self.assert_quiet(err.decode())
+        self.assertEqual(err, b"")
+        self.assertEqual(proc.returncode, 141)
+
+    def test_single_lookup_into_a_closed_pipe(self):
+        port = thread_server(self, lambda q: [reply_to(q, a_records(q, "192.0.2.1"))])
+        read, write = os.pipe()
+        os.close(read)  # nobody will read
+        try:
+            proc = subprocess.run(self.command("a", "www.example", "--server", f"127.0.0.1:{port}"),
+                                  stdout=write, stderr=subprocess.PIPE, timeout=30, cwd=tempfile.gettempdir())
+        finally:
+            os.close(write)
+        self.assert_quiet(proc.stderr.decode())
+        self.assertEqual((proc.returncode, proc.stderr), (141, b""))
+
+    def test_ctrl_c_during_a_stalled_file_run(self):
+        port = thread_server(self, lambda q: [])  # reads every query, answers none
+        # More names than lookups at once: some are still to start when Ctrl-C comes.
+        path = self.names_file(f"h{i}.example" for i in range(200))
+        proc = subprocess.Popen(self.command("a", "--file", path, "--server", f"127.0.0.1:{port}",
+                                             "--timeout", "30", "--retries", "0", "--concurrency", "50"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir())
+        try:
+            deadline = time.monotonic() + 20
+            while self.received < 50 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            self.assertEqual(self.received, 50)  # every lookup is waiting for its answer
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assert_quiet(err.decode())
+        self.assertEqual((proc.returncode, out, err), (130, b"", b"\n"))
+
+    def test_scoped_address_and_non_utf8_name_are_one_failed_line_each(self):
+        def behave(q):
+            name = q.queries[0].name.name
+            if q.queries[0].type == dns.PTR:
+                return [reply_to(q, [dns.RRHeader(name, dns.PTR, dns.IN, 60, dns.Record_PTR(b"host.example"))])]
+            return [reply_to(q, rcode=dns.ENAME)]
+        port = thread_server(self, behave)
+        server = f"127.0.0.1:{port}"
+        env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+        run = dict(capture_output=True, timeout=30, cwd=tempfile.gettempdir(), env=env)
+        out = subprocess.run(self.command("ip", "--file", "-", "--server", server, "--concurrency", "1"),
+                             input=b"192.0.2.1\nfe80::1%eth0\n2001:db8::1\n", **run)
+        self.assertEqual(out.returncode, 100)
+        self.assertEqual(out.stderr, b"1 of 3 lookups failed\n")
+        self.assertEqual(out.stdout.decode().splitlines(), [
+            "192.0.2.1 host.example.",
+            "fe80::1%eth0 error: lookup fe80::1%eth0: a scoped address has no reverse name (without %eth0: fe80::1)",
+            "2001:db8::1 host.example.",
+        ])
+        out = subprocess.run(self.command("ip", "fe80::1%eth0", "--server", server), **run)
+        self.assertEqual((out.returncode, out.stdout), (100, b""))
+        self.assertEqual(out.stderr, b"lookup fe80::1%eth0: a scoped address has no reverse name "
+                                     b"(without %eth0: fe80::1)\n")
+        out = subprocess.run(self.command("a", "--file", "-", "--server", server, "--concurrency", "1"),
+                             input=b"caf\xe9.example\nnx.example\n", **run)
+        self.assert_quiet(out.stderr.decode())
+        self.assertEqual((out.returncode, out.stderr), (100, b"2 of 2 lookups failed\n"))
+        self.assertEqual(out.stdout.decode().splitlines(), [
+            "caf\\udce9.example error: lookup caf\\udce9.example: not a valid internationalised name",
+            "nx.example error: lookup nx.example: no such host",
+        ])
