@@ -147,13 +147,16 @@ class CommandDaemon(Daemon):
     """
 
     def __init__(self, testcase, prefix: list[str], *args: str,
-                 twistd_args: tuple[str, ...] = ("--nodaemon", "--pidfile="), **kwargs):
+                 twistd_args: tuple[str, ...] = ("--nodaemon", "--pidfile="), twistd: str | None = None,
+                 **kwargs):
         super().__init__(testcase, *args, **kwargs)
         self.prefix = prefix
         self.twistd_args = list(twistd_args)
+        #: The twistd to run (default: the tests' virtualenv's).
+        self.twistd = twistd
 
     def command(self) -> list[str]:
-        return [*self.prefix, venv_twistd(), *self.twistd_args, "netecho", *self.args]
+        return [*self.prefix, self.twistd or venv_twistd(), *self.twistd_args, "netecho", *self.args]
 
     def start(self, wait_ready: bool = False, timeout: float = 15) -> "CommandDaemon":
         return super().start(wait_ready, timeout)
