@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -257,17 +259,29 @@ class UnixClientTests(TestCase):
         self.assertEqual(out.returncode, 100)
 
     def test_permission_denied(self):
-        """A socket whose mode shuts us out (see tests/test_errors.py for root)."""
-        if os.geteuid() == 0:
-            self.skipTest("root is never denied a Unix socket by its mode")
+        """
+        A socket whose mode shuts us out. Root is never denied a Unix socket
+        by its mode: as root, the client runs as uid 65534 (setpriv).
+        """
         directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)
         path = os.path.join(directory, "closed")
         s = socket.socket(socket.AF_UNIX)
         self.addCleanup(s.close)
         s.bind(path)
         s.listen(1)
         os.chmod(path, 0)
-        out = netecho("unix", path, "-m", "x")
+        if os.geteuid() == 0:
+            from tests.integration.test_deploy import python_for
+
+            unprivileged = [peers.require("setpriv", "util-linux"), "--reuid=65534", "--regid=65534",
+                            "--clear-groups"]
+            python = python_for(self, unprivileged, "uid 65534")
+            out = subprocess.run([*unprivileged, python, "-m", "netecho", "unix", path, "-m", "x"],
+                                 capture_output=True, timeout=60, cwd="/")
+        else:
+            out = netecho("unix", path, "-m", "x")
         self.assertEqual(out.stderr.decode(), f"dial unix {path}: connect: permission denied\n")
         self.assertEqual(out.returncode, 100)
 

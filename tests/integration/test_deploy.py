@@ -162,6 +162,50 @@ class CommandDaemon(Daemon):
         return super().start(wait_ready, timeout)
 
 
+def _cannot_start(user: list[str], python: str) -> str | None:
+    """Why C{user} cannot start C{python} and import netecho as the daemon starts its workers, or None."""
+    spawn = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', 'import netecho.tap'])"
+    probe = subprocess.run([*user, python, "-c", spawn], cwd="/", capture_output=True, text=True, timeout=60)
+    return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def python_for(testcase, user: list[str], who: str) -> str:
+    """
+    A Python with netecho installed (its plugin cache written) that C{user}
+    (a setpriv prefix; C{who} names it in messages) can start: the tests'
+    own, or, when that sits where others cannot enter (a checkout and
+    virtualenv in a 0700 directory, or a Python under /root), a virtualenv
+    of the system's python3 with this checkout installed, made for the test
+    in a directory everyone can read (as an image or a package installs
+    into /opt or /usr).
+    """
+    why = _cannot_start(user, sys.executable)
+    if why is None:
+        python = sys.executable
+    else:
+        system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+        if system is None:
+            raise SkipTest(f"{who} cannot start this Python ({why}) and there is no system python3")
+        base = tempfile.mkdtemp(prefix="netecho-other-user-", dir="/var/tmp")
+        testcase.addCleanup(shutil.rmtree, base, True)
+        os.chmod(base, 0o755)
+        venv = os.path.join(base, "venv")
+        made = subprocess.run([system, "-m", "venv", venv], capture_output=True, text=True, timeout=120)
+        if made.returncode != 0:
+            raise SkipTest(f"{who} cannot start this Python ({why}) and '{system} -m venv' failed: "
+                           + (made.stderr.strip().splitlines() or ["?"])[-1])
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        pip = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", root],
+                             capture_output=True, text=True, timeout=900)
+        testcase.assertEqual(pip.returncode, 0, f"pip install {root} into {venv}:\n{pip.stdout}{pip.stderr}")
+        python = os.path.join(venv, "bin", "python")
+        why = _cannot_start(user, python)
+        testcase.assertIsNone(why, f"{who} cannot start {python} either: {why}")
+    subprocess.run([os.path.join(os.path.dirname(python), "netecho"), "plugin-cache"], cwd="/", check=True,
+                   capture_output=True, timeout=60)
+    return python
+
+
 def socket_activate() -> str:
     return peers.require("systemd-socket-activate", "systemd")
 
@@ -449,23 +493,14 @@ class SocketActivationTests(TestCase):
         cwd = tempfile.mkdtemp(prefix="netecho-act-cwd-")
         self.addCleanup(shutil.rmtree, cwd, True)
         os.chmod(cwd, 0o755)
-        # The unprivileged daemon runs this checkout's Python and netecho: a
-        # clone in a directory others cannot enter (mktemp -d, /root) cannot
-        # run it, and there is nothing to test then.
-        probe = subprocess.run(
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-             "import netecho.tap"], cwd=cwd, capture_output=True, text=True, timeout=60)
-        if probe.returncode != 0:
-            raise SkipTest("uid 65534 cannot run this checkout's Python and netecho (it is in a directory "
-                           "others cannot enter); clone it where others can read it to run this test: "
-                           + (probe.stderr.strip().splitlines() or ["?"])[-1])
+        unprivileged = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        python = python_for(self, unprivileged, "uid 65534")
         path = os.path.join(self.dir, "echo.sock")
         os.chmod(self.dir, 0o755)
         d = self.daemon(
-            ["-l", path, "--fdname=unix", "--", setpriv, "--reuid=65534", "--regid=65534",
-             "--clear-groups"],
+            ["-l", path, "--fdname=unix", "--", *unprivileged],
             "--unix", "systemd:domain=UNIX:name=unix",
-            cwd=cwd,
+            cwd=cwd, twistd=os.path.join(os.path.dirname(python), "twistd"),
         )
         try:
             reply = stream_echo(socket.AF_UNIX, path, b"hi\n")

@@ -24,8 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 
@@ -34,7 +32,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from netecho import daemon
 from netecho.workers import usable_cpus
 from tests import peers
-from tests.integration.test_deploy import CommandDaemon, stream_echo, udp_echo
+from tests.integration.test_deploy import CommandDaemon, python_for, stream_echo, udp_echo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -211,10 +209,8 @@ class ImageUserTests(TestCase):
         steps = final_stage()
         uid, _, gid = one(steps, "USER").partition(":")
         user = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        python = self.python_for(user, uid)
+        python = python_for(self, user, f"uid {uid}")
         bin_dir = os.path.dirname(python)
-        subprocess.run([os.path.join(bin_dir, "netecho"), "plugin-cache"], cwd="/", check=True,
-                       capture_output=True, timeout=60)
         env = {"HOME": "/nonexistent"}
         for word, rest in steps:
             if word == "ENV":
@@ -254,43 +250,6 @@ class ImageUserTests(TestCase):
                 if st.st_uid == int(uid) and st.st_mtime >= started - 1:
                     left.append(entry.path)
         self.assertEqual(left, [])
-
-    def can_start(self, user: list[str], python: str) -> str | None:
-        """Why C{user} cannot start C{python} and import netecho as the daemon starts its workers, or None."""
-        spawn = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', 'import netecho.tap'])"
-        probe = subprocess.run([*user, python, "-c", spawn], cwd="/", capture_output=True, text=True, timeout=60)
-        return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["?"])[-1]
-
-    def python_for(self, user: list[str], uid: str) -> str:
-        """
-        A Python with netecho installed that the image's user can start: the
-        tests' own, or (when it sits where others cannot enter, as a
-        checkout and virtualenv in a 0700 directory or under /root do) a
-        virtualenv of the system's python3 with this checkout installed,
-        made here in a directory everyone can read, as the image's build
-        makes one in /opt.
-        """
-        why = self.can_start(user, sys.executable)
-        if why is None:
-            return sys.executable
-        system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
-        if system is None:
-            raise SkipTest(f"uid {uid} cannot start this Python ({why}) and there is no system python3")
-        base = tempfile.mkdtemp(prefix="netecho-image-user-", dir="/var/tmp")
-        self.addCleanup(shutil.rmtree, base, True)
-        os.chmod(base, 0o755)
-        venv = os.path.join(base, "venv")
-        made = subprocess.run([system, "-m", "venv", venv], capture_output=True, text=True, timeout=120)
-        if made.returncode != 0:
-            raise SkipTest(f"uid {uid} cannot start this Python ({why}) and '{system} -m venv' failed: "
-                           + (made.stderr.strip().splitlines() or ["?"])[-1])
-        pip = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", ROOT],
-                             capture_output=True, text=True, timeout=900)
-        self.assertEqual(pip.returncode, 0, f"pip install {ROOT} into {venv}:\n{pip.stdout}{pip.stderr}")
-        python = os.path.join(venv, "bin", "python")
-        why = self.can_start(user, python)
-        self.assertIsNone(why, f"uid {uid} cannot start {python} either: {why}")
-        return python
 
 
 def load_yaml_all(path: str) -> list[dict]:
