@@ -15,6 +15,7 @@ from typing import IO, Iterable, Iterator
 from twisted.internet import defer, task
 
 from netecho.address import is_ip, split_host_port
+from netecho.cli.tls import add_trust_options
 from netecho.cli.types import positive, whole
 from netecho.dns import api
 from netecho.dns.text import stats_lines
@@ -410,10 +411,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     edns.add_argument("--dnssec", action="store_true", help="set the DO bit and show the answers' RRSIGs")
     tls = p.add_argument_group("DNS over TLS")
     tls.add_argument("--tls", action="store_true", help="ask over TLS (RFC 7858; port 853 unless given)")
-    tls.add_argument("--ca", metavar="FILE",
-                     help="trust the CA certificate(s) in FILE (PEM) instead of the system's trust store")
-    tls.add_argument("--insecure", action="store_true",
-                     help="do not verify the server's certificate (a warning is printed)")
+    add_trust_options(tls)
     tls.add_argument("--tls-name", metavar="NAME",
                      help="name to send (SNI) and to verify the certificate against (default: the server's IP)")
     p.add_argument("--json", action="store_true",

@@ -43,14 +43,19 @@ def add_options(parser: argparse.ArgumentParser, switch: bool = True) -> None:
     group = parser.add_argument_group("TLS")
     if switch:
         group.add_argument("--tls", action="store_true", help="speak TLS to the server")
-    group.add_argument("--ca", metavar="FILE",
-                       help="trust the CA certificate(s) in FILE (PEM) instead of the system's trust store")
-    group.add_argument("--insecure", action="store_true",
-                       help="do not verify the server's certificate (a warning is printed)")
+    add_trust_options(group)
     group.add_argument("--sni", metavar="NAME",
                        help="server name to send and to verify the certificate against (default: the host given)")
     group.add_argument("--cert", metavar="FILE", help="client certificate (PEM); needs --key")
     group.add_argument("--key", metavar="FILE", help="the client certificate's private key (PEM)")
+
+
+def add_trust_options(group) -> None:
+    """C{--ca FILE} and C{--insecure}, as every TLS client of netecho takes them (C{netecho lookup} too)."""
+    group.add_argument("--ca", metavar="FILE",
+                       help="trust the CA certificate(s) in FILE (PEM) instead of the system's trust store")
+    group.add_argument("--insecure", action="store_true",
+                       help="do not verify the server's certificate (a warning is printed)")
 
 
 def usage_problem(args: argparse.Namespace, tls: bool | None = None) -> str | None:
