@@ -68,7 +68,7 @@ class Session(policies.ProtocolWrapper):
     _credentials = None
     _closing = False
     _stopped_by_word = False
-    #: A liveness probe that has sent nothing yet (see L{makeConnection}).
+    #: Not a client served until proven otherwise (L{ProbeSession}).
     probe = False
     #: What the connection caps admitted this connection with.
     limit_key = None
@@ -85,15 +85,6 @@ class Session(policies.ProtocolWrapper):
         self.started = factory.clock()
         self._scanner = Scanner(factory.stop_word) if factory.stop_word else None
         self._log_data = factory.log_data
-        # Another server checking whether this Unix socket is live (before
-        # reclaiming its path) connects, sends nothing and closes, naming
-        # itself by its address (netecho.transports.LIVENESS_PROBE): it is
-        # no client, so it is neither counted nor logged as one. The name
-        # is taken at its word only while it sends nothing and only for
-        # PROBE_GRACE seconds (a real probe closes at once): its first byte,
-        # or staying longer, makes it a client like any other. The caps,
-        # the idle sweep (the guard) and the active gauge see it all along.
-        self.probe = self.kind == "unix" and is_liveness_probe(transport.getPeer().name)
         self._stats.connection_opened(self.label, client=not self.probe)
         if factory.guard is not None:
             factory.guard.opened(self)
@@ -115,9 +106,6 @@ class Session(policies.ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self.probe:
-            self.probe = False
-            self._stats.client_counted(self.label)
         self.received += len(data)
         if self._log_data:
             log.info("{peer} -> {data}", peer=self.peer, data=escape(data))
@@ -180,30 +168,60 @@ class Session(policies.ProtocolWrapper):
         if factory.guard is not None:
             factory.guard.closed(self)
         self._stats.connection_closed(self.label)
-        if self.probe and factory.clock() - self.started > PROBE_GRACE:
-            self.probe = False  # too long for a probe: a silent client
-            self._stats.client_counted(self.label)
-        if self.probe:
-            log.debug(
-                "{service} {kind} {peer}: a liveness probe (another server checking whether "
-                "this socket is in use), not counted as a client",
-                service=factory.service, kind=self.kind, peer=self.peer,
-            )
-        else:
-            log.info(
-                "{service} {kind} {peer} closed after {duration:.3f}s: "
-                "{received} bytes in, {sent} bytes out{why}",
-                service=factory.service,
-                kind=self.kind,
-                peer=self.peer,
-                duration=factory.clock() - self.started,
-                received=self.received,
-                sent=self.sent,
-                why=" (stop word)" if self._stopped_by_word else "",
-            )
+        self._log_closed()
         super().connectionLost(reason)
         if self._stopped_by_word and factory.on_stop_word is not None:
             factory.on_stop_word()
+
+    def _log_closed(self) -> None:
+        factory = self.factory
+        log.info(
+            "{service} {kind} {peer} closed after {duration:.3f}s: "
+            "{received} bytes in, {sent} bytes out{why}",
+            service=factory.service,
+            kind=self.kind,
+            peer=self.peer,
+            duration=factory.clock() - self.started,
+            received=self.received,
+            sent=self.sent,
+            why=" (stop word)" if self._stopped_by_word else "",
+        )
+
+
+class ProbeSession(Session):
+    """
+    A Unix connection whose peer is named as another server's liveness
+    probe (L{netecho.transports.LIVENESS_PROBE}): a server checking whether
+    this socket is live before reclaiming its path connects, sends nothing
+    and closes. It is no client, so it is neither counted as one nor
+    logged but at debug level. The name is taken at its word only while the
+    connection sends nothing and for L{PROBE_GRACE} seconds (a real probe
+    closes at once): its first byte, or staying longer, makes it a client
+    like any other. The caps, the idle sweep and the active gauge see it
+    all along.
+    """
+
+    probe = True
+
+    def _now_a_client(self) -> None:
+        self.probe = False
+        self._stats.client_counted(self.label)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.probe:
+            self._now_a_client()
+        super().dataReceived(data)
+
+    def _log_closed(self) -> None:
+        if self.probe and self.factory.clock() - self.started > PROBE_GRACE:
+            self._now_a_client()  # too long for a probe: a silent client
+        if not self.probe:
+            return super()._log_closed()
+        log.debug(
+            "{service} {kind} {peer}: a liveness probe (another server checking whether "
+            "this socket is in use), not counted as a client",
+            service=self.factory.service, kind=self.kind, peer=self.peer,
+        )
 
 
 class Served(policies.WrappingFactory):
@@ -250,7 +268,9 @@ class Served(policies.WrappingFactory):
             accepted, key = self.guard.admit(addr)
             if not accepted:
                 return None
-        session = super().buildProtocol(addr)
+        # (WrappingFactory.buildProtocol, with the probe's own session class.)
+        session_class = ProbeSession if is_liveness_probe(getattr(addr, "name", None)) else self.protocol
+        session = session_class(self, self.wrappedFactory.buildProtocol(addr))
         session.limit_key = key
         if self.faults is not None:
             return self.faults.wrap(session)  # (the session itself when no stream faults are in force)
