@@ -315,24 +315,32 @@ class HardeningTests(TestCase):
         self.assertGreater(dropped.get("pb_message_not_finished_in_time", 0), 0, dropped)
         self.assertNotIn("Traceback", self.daemon.log_text())
 
+    async def guess_until(self, stop: list, checked: list | None = None) -> None:
+        """
+        Log in as admin with a wrong password on one connection until
+        C{stop} is set or the server drops it; the times of the guesses the
+        server checked go into C{checked} (a refused one waits a little).
+        """
+        wrong = credentials.UsernamePassword(b"admin", b"guess")
+        factory = pb.PBClientFactory()
+        reactor.connectTCP("127.0.0.1", self.pb_port, factory)
+        self.addCleanup(factory.disconnect)
+        while not stop:
+            try:
+                await factory.login(wrong)
+            except pb.RemoteError as e:
+                if "wrong user name or password" in str(e):
+                    if checked is not None:
+                        checked.append(reactor.seconds())
+                elif checked is not None:
+                    await task.deferLater(reactor, 0.02, lambda: None)
+            except pb.PBConnectionLost:
+                return  # its login time is up
+
     async def test_admin_gets_in_while_another_guesses(self):
         """Item 4: guessers on 127.0.0.1 do not lock the admin (also on 127.0.0.1) out."""
         stop = []
-        wrong = credentials.UsernamePassword(b"admin", b"guess")
-
-        async def guesser():
-            factory = pb.PBClientFactory()
-            reactor.connectTCP("127.0.0.1", self.pb_port, factory)
-            self.addCleanup(factory.disconnect)
-            while not stop:
-                try:
-                    await factory.login(wrong)
-                except pb.RemoteError:
-                    pass
-                except pb.PBConnectionLost:
-                    return  # its login time is up
-
-        guessers = [defer.ensureDeferred(guesser()) for _ in range(3)]
+        guessers = [defer.ensureDeferred(self.guess_until(stop)) for _ in range(3)]
         await task.deferLater(reactor, 0.5, lambda: None)
         for _ in range(4):
             admin = await pb_login(self.pb_port, credentials.UsernamePassword(b"admin", b"s3cret"), self)
@@ -346,25 +354,8 @@ class HardeningTests(TestCase):
         """Item 4: at most 10 guesses a second from one address, however many connections."""
         stop = []
         checked = []
-        wrong = credentials.UsernamePassword(b"admin", b"guess")
-
-        async def guesser():
-            factory = pb.PBClientFactory()
-            reactor.connectTCP("127.0.0.1", self.pb_port, factory)
-            self.addCleanup(factory.disconnect)
-            while not stop:
-                try:
-                    await factory.login(wrong)
-                except pb.RemoteError as e:
-                    if "wrong user name or password" in str(e):
-                        checked.append(reactor.seconds())
-                    else:
-                        await task.deferLater(reactor, 0.02, lambda: None)
-                except pb.PBConnectionLost:
-                    return
-
         start = reactor.seconds()
-        guessers = [defer.ensureDeferred(guesser()) for _ in range(30)]
+        guessers = [defer.ensureDeferred(self.guess_until(stop, checked)) for _ in range(30)]
         await task.deferLater(reactor, 3, lambda: None)
         stop.append(True)
         elapsed = reactor.seconds() - start
