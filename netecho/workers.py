@@ -42,7 +42,7 @@ import sys
 import time
 
 from twisted.application import service
-from twisted.internet import defer, error, fdesc, main, protocol, task
+from twisted.internet import defer, error, fdesc, protocol, task
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
 
 from netecho import faults
@@ -714,21 +714,15 @@ class Orders:
         return "netecho-worker-orders"
 
     def doRead(self):
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
+        return fdesc.readFromFD(self.fd, self._received)
+
+    def _received(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             try:
                 self.role.obey(json.loads(line))
             except Exception:
                 log.failure("worker: bad order {line!r}", line=line)
-        return None
 
     def connectionLost(self, reason) -> None:
         self.role.parent_gone()
