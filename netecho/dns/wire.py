@@ -79,7 +79,6 @@ class Exchange:
     size: int  # bytes of the reply
     when: float  # wall-clock time of the reply
     edns_fallback: bool = False  # asked again without EDNS after a FORMERR
-    sent_edns: bool = False  # the answered query carried EDNS
 
 
 # --- messages ----------------------------------------------------------------------
@@ -672,7 +671,7 @@ async def exchange(
             code = rcode_of(reply)
             if code in (dns.OK, dns.ENAME):
                 return Exchange(reply, server, transport, reactor.seconds() - start, reply.size,
-                                time.time(), fallback, edns is not None)
+                                time.time(), fallback)
             failures[server] = RCODE_ERRORS.get(code, f"response code {code}")
             running.remove(server)
         if not running:
